@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class AitbcSiteConfig(AppConfig):
+    name = "aitbc_site"
+    verbose_name = "AITBC site"

@@ -1,0 +1,91 @@
+"""Celery worker and beat as threads of the web process (embedded mode).
+
+Without ``REDIS_URL`` the channel layer is in-memory and reaches only its own
+process, so the worker that runs tasks (which send channel-layer events) must
+live in the same process as the Daphne server. This uses Celery's own parts:
+a ``WorkController`` in a thread, as ``celery.contrib.testing.worker`` does
+(the ``WorkController`` installs no signal handlers; the server owns them),
+and ``celery.beat.EmbeddedService(thread=True)``, the machinery behind
+``celery worker -B``. The broker is kombu's in-memory transport.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import Celery
+from celery.beat import EmbeddedService
+from celery.worker import WorkController
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddedCelery:
+    """One worker (thread pool) and, optionally, beat, inside this process."""
+
+    def __init__(
+        self, app: Celery, *, concurrency: int = 4, beat: bool = True, hostname: str = "embedded@aitbc"
+    ) -> None:
+        self.app = app
+        self.concurrency = concurrency
+        self.with_beat = beat
+        self.hostname = hostname
+        self.worker: WorkController | None = None
+        self.worker_thread: threading.Thread | None = None
+        self.beat: EmbeddedService | None = None
+        self._ready = threading.Event()
+
+    def start(self, timeout: float = 30.0) -> None:
+        ready = self._ready
+
+        class _Worker(WorkController):
+            def on_consumer_ready(self, consumer) -> None:
+                super().on_consumer_ready(consumer)
+                ready.set()
+
+        self.worker = _Worker(
+            app=self.app,
+            hostname=self.hostname,
+            pool="threads",
+            concurrency=self.concurrency,
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+            loglevel=logging.getLevelName(logging.getLogger().level),
+        )
+        self.worker_thread = threading.Thread(target=self.worker.start, name="celery-worker", daemon=True)
+        self.worker_thread.start()
+        if not ready.wait(timeout):
+            raise RuntimeError("embedded Celery worker did not start")
+        if self.with_beat:
+            self.beat = EmbeddedService(self.app, thread=True)
+            self.beat.start()
+        parts = "worker and beat" if self.beat else "worker"
+        logger.info("embedded celery started: %s, %d threads", parts, self.concurrency)
+
+    def is_alive(self) -> bool:
+        worker_ok = self.worker_thread is not None and self.worker_thread.is_alive()
+        beat_ok = self.beat is None or self.beat.is_alive()
+        return worker_ok and beat_ok
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.beat is not None:
+            self.beat.stop()
+        if self.worker is not None:
+            self.worker.stop(in_sighandler=False)
+        if self.worker_thread is not None:
+            self.worker_thread.join(timeout)
+        logger.info("embedded celery stopped")
+
+
+_current: EmbeddedCelery | None = None
+
+
+def set_current(embedded: EmbeddedCelery | None) -> None:
+    global _current
+    _current = embedded
+
+
+def current() -> EmbeddedCelery | None:
+    return _current
