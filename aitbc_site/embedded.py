@@ -59,7 +59,10 @@ class EmbeddedCelery:
         if not ready.wait(timeout):
             raise RuntimeError("embedded Celery worker did not start")
         if self.with_beat:
-            self.beat = EmbeddedService(self.app, thread=True)
+            # EmbeddedService defaults to the file-backed PersistentScheduler (a
+            # celerybeat-schedule file in the working directory); name the app's
+            # configured scheduler so beat reads the schedule operators edit in the admin.
+            self.beat = EmbeddedService(self.app, thread=True, scheduler_cls=self.app.conf.beat_scheduler)
             self.beat.start()
         parts = "worker and beat" if self.beat else "worker"
         logger.info("embedded celery started: %s, %d threads", parts, self.concurrency)
