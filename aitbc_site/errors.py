@@ -60,6 +60,16 @@ _DRF_CODES = {
 
 
 def exception_handler(exc, context):
+    from chain.protocol.errors import ProtocolError
+    from chain.services import NodeUnavailable
+
+    if isinstance(exc, ProtocolError):
+        response = Response(error_body(exc.code, exc.message), status=exc.status)
+        if exc.code in ("rate_limited", "mempool_full"):
+            response["Retry-After"] = "1"
+        return response
+    if isinstance(exc, NodeUnavailable):
+        return Response(error_body("unavailable", str(exc)), status=503)
     if isinstance(exc, ApiError):
         response = Response(exc.as_dict(), status=exc.status)
         for name, value in exc.headers.items():

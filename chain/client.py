@@ -67,9 +67,9 @@ class HttpChainClient:
 
     def submit(self, tx: dict[str, Any]) -> str:
         body = json.dumps(tx, ensure_ascii=False).encode("utf-8")
-        return self._request(
-            "POST", "/v1/chain/transactions", data=body, headers={"Content-Type": "application/json"}
-        )["id"]
+        return self._request("POST", "/v1/chain/transactions", data=body, headers={"Content-Type": "application/json"})[
+            "id"
+        ]
 
     def submit_batch(self, txs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         body = json.dumps(txs, ensure_ascii=False).encode("utf-8")

@@ -1,1 +1,160 @@
-from django.db import models  # noqa: F401
+"""The ledger's state: chain head, accounts, transactions, blocks, escrows.
+
+Money-moving writes live in ``chain/ledger.py`` and ``chain/services.py``;
+these models hold fields and constraints. Amounts are integers in uait.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+
+class ChainState(models.Model):
+    """The single row describing this node's chain: its genesis and its head.
+
+    Writers (admission, block application) lock this row first, so they are
+    serialized on PostgreSQL; on SQLite the IMMEDIATE transaction does that.
+    """
+
+    singleton = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    chain_id = models.CharField(max_length=64)
+    genesis_id = models.CharField(max_length=64, help_text="SHA-256 of the genesis file's canonical JSON")
+    genesis = models.JSONField()
+    params = models.JSONField()
+    height = models.BigIntegerField(default=0)
+    latest_block_id = models.CharField(max_length=64)
+    latest_block_time = models.DateTimeField()
+    total_supply = models.BigIntegerField()
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(singleton=1), name="chainstate_singleton")]
+
+    def __str__(self) -> str:
+        return f"{self.chain_id} at height {self.height}"
+
+
+class Validator(models.Model):
+    address = models.CharField(max_length=64, primary_key=True)
+    pubkey = models.CharField(max_length=64, unique=True)
+    power = models.PositiveBigIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.address} ({self.power})"
+
+
+class Account(models.Model):
+    address = models.CharField(max_length=64, primary_key=True)
+    balance = models.BigIntegerField(default=0)
+    nonce = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(balance__gte=0), name="account_balance_not_negative"),
+            models.CheckConstraint(condition=Q(nonce__gte=0), name="account_nonce_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return self.address
+
+
+class Transaction(models.Model):
+    """A transaction admitted to this node's mempool, or included in a block.
+
+    ``body`` is the transaction's canonical JSON (signature included).
+    A transaction that failed admission is never stored.
+    """
+
+    PENDING = "pending"
+    COMMITTED = "committed"
+    REJECTED = "rejected"
+    STATUSES = [(PENDING, "pending"), (COMMITTED, "committed"), (REJECTED, "rejected")]
+
+    id = models.CharField(max_length=64, primary_key=True)
+    seq = models.BigIntegerField(unique=True, help_text="arrival order in this node's mempool")
+    sender = models.CharField(max_length=64)
+    nonce = models.BigIntegerField()
+    fee = models.BigIntegerField()
+    type = models.CharField(max_length=16)
+    spend = models.BigIntegerField(help_text="fee plus what the type takes from the sender's balance")
+    escrow = models.CharField(max_length=64, blank=True, default="", help_text="escrow a pay or refund refers to")
+    body = models.TextField()
+    status = models.CharField(max_length=10, choices=STATUSES, default=PENDING)
+    height = models.BigIntegerField(null=True, blank=True, help_text="block that included it")
+    error_code = models.CharField(max_length=32, blank=True, default="")
+    error_message = models.CharField(max_length=300, blank=True, default="")
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["status", "seq"], name="tx_status_seq"),
+            models.Index(fields=["sender", "nonce"], name="tx_sender_nonce"),
+            models.Index(fields=["height"], name="tx_height"),
+            models.Index(fields=["escrow"], name="tx_escrow"),
+        ]
+        constraints = [
+            # One pending transaction per sender and nonce, and one included.
+            models.UniqueConstraint(
+                fields=["sender", "nonce"], condition=Q(status="pending"), name="tx_one_pending_per_nonce"
+            ),
+            models.UniqueConstraint(
+                fields=["sender", "nonce"], condition=Q(height__isnull=False), name="tx_one_included_per_nonce"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class Block(models.Model):
+    height = models.BigIntegerField(primary_key=True)
+    id = models.CharField(max_length=64, unique=True)
+    prev_id = models.CharField(max_length=64)
+    header = models.JSONField()
+    tx_ids = models.JSONField(help_text="ids of the included transactions, in order")
+    results = models.JSONField(default=dict, help_text="{tx id: error code} for included transactions rejected")
+    commit = models.JSONField()
+    time = models.DateTimeField()
+    proposer = models.CharField(max_length=64)
+    tx_count = models.PositiveIntegerField()
+
+    def __str__(self) -> str:
+        return f"#{self.height} {self.id[:12]}"
+
+
+class Escrow(models.Model):
+    """An escrow opened by ``escrow_lock``; its id is the lock transaction's id."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+
+    id = models.CharField(max_length=64, primary_key=True)
+    job_id = models.CharField(max_length=64)
+    payer = models.CharField(max_length=64)
+    arbiter = models.CharField(max_length=64)
+    amount = models.BigIntegerField()
+    paid = models.BigIntegerField(default=0)
+    refunded = models.BigIntegerField(default=0)
+    timeout_height = models.BigIntegerField()
+    status = models.CharField(max_length=6, choices=[(OPEN, "open"), (CLOSED, "closed")], default=OPEN)
+    opened_height = models.BigIntegerField()
+    closed_height = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["job_id"], name="escrow_job"),
+            models.Index(fields=["payer"], name="escrow_payer"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(paid__gte=0) & Q(refunded__gte=0), name="escrow_nonnegative"),
+            models.CheckConstraint(
+                condition=Q(amount__gte=models.F("paid") + models.F("refunded")), name="escrow_within"
+            ),
+        ]
+
+    @property
+    def remaining(self) -> int:
+        return self.amount - self.paid - self.refunded
+
+    def __str__(self) -> str:
+        return self.id

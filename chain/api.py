@@ -1,0 +1,160 @@
+"""The node's RPC (``protocol.md``): thin views over services and selectors."""
+
+from __future__ import annotations
+
+from django.db import DatabaseError
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.parsers import BaseParser
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from chain import selectors, services
+from chain.node import current_peers
+from chain.protocol.encoding import parse_strict
+from chain.protocol.errors import ProtocolError
+
+ERRORS = {
+    400: OpenApiResponse(
+        description="malformed, invalid_address, wrong_chain, bad_signature, fee_too_low, timeout_too_short"
+    ),
+    403: OpenApiResponse(description="not_arbiter"),
+    404: OpenApiResponse(description="escrow_not_found, not_found"),
+    409: OpenApiResponse(description="bad_nonce, duplicate, insufficient_funds, escrow_closed, exceeds_escrow"),
+    429: OpenApiResponse(description="rate_limited"),
+    503: OpenApiResponse(description="mempool_full, or the node has no chain"),
+}
+MAX_BODY = 8 * 1024 * 1024
+
+
+class StrictJSONParser(BaseParser):
+    """Strict JSON (``protocol.md``): duplicate keys, floats, NaN, lone surrogates are ``malformed``."""
+
+    media_type = "application/json"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        body = stream.read(MAX_BODY + 1) if stream is not None else b""
+        if len(body) > MAX_BODY:
+            raise ProtocolError("malformed", f"body larger than {MAX_BODY} bytes")
+        return parse_strict(body)
+
+
+class NodeView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    parser_classes = [StrictJSONParser]
+
+    def state(self):
+        try:
+            return services.chain_state()
+        except (services.ChainNotInitialized, DatabaseError) as exc:
+            raise services.NodeUnavailable(str(exc)) from exc
+
+    def body(self, request: Request):
+        # Parse the raw body ourselves so a missing or wrong Content-Type still gets the strict rules.
+        return parse_strict(request.body)
+
+
+class StatusView(NodeView):
+    @extend_schema(summary="Chain status", responses={200: OpenApiTypes.OBJECT, 503: ERRORS[503]}, tags=["chain"])
+    def get(self, request: Request) -> Response:
+        return Response(selectors.status(self.state(), peers=current_peers()))
+
+
+class SubmitView(NodeView):
+    @extend_schema(
+        summary="Submit one signed transaction to the mempool",
+        request=OpenApiTypes.OBJECT,
+        responses={202: OpenApiTypes.OBJECT, **ERRORS},
+        tags=["chain"],
+    )
+    def post(self, request: Request) -> Response:
+        state = self.state()
+        tx = self.body(request)
+        [result] = services.mempool_admit(txs=[tx], chain_id=state.chain_id, min_fee=state.params["min_fee"])
+        if result.error is not None:
+            raise result.error
+        return Response({"id": result.id}, status=202)
+
+
+class BatchView(NodeView):
+    @extend_schema(
+        summary="Submit up to 5,000 signed transactions",
+        description="Answers 200 with a list, in order, of `{id}` or `{error: {code, message}}`.",
+        request=OpenApiTypes.OBJECT,
+        responses={200: OpenApiTypes.OBJECT, 400: ERRORS[400], 503: ERRORS[503]},
+        tags=["chain"],
+    )
+    def post(self, request: Request) -> Response:
+        state = self.state()
+        txs = self.body(request)
+        if not isinstance(txs, list):
+            raise ProtocolError("malformed", "a batch is a JSON list of transactions")
+        if len(txs) > services.MAX_BATCH:
+            raise ProtocolError("malformed", f"a batch holds at most {services.MAX_BATCH} transactions, got {len(txs)}")
+        results = services.mempool_admit(txs=txs, chain_id=state.chain_id, min_fee=state.params["min_fee"])
+        return Response([r.as_dict() for r in results])
+
+
+class TransactionView(NodeView):
+    @extend_schema(
+        summary="A transaction and its status", responses={200: OpenApiTypes.OBJECT, 404: ERRORS[404]}, tags=["chain"]
+    )
+    def get(self, request: Request, tx_id: str) -> Response:
+        self.state()
+        return Response(selectors.transaction_detail(tx_id))
+
+
+class AccountView(NodeView):
+    @extend_schema(
+        summary="Balance and nonce of an address (0 and 0 if never seen)",
+        responses={200: OpenApiTypes.OBJECT, 400: ERRORS[400]},
+        tags=["chain"],
+    )
+    def get(self, request: Request, address: str) -> Response:
+        self.state()
+        return Response(selectors.account_detail(address))
+
+
+class EscrowView(NodeView):
+    @extend_schema(summary="An escrow", responses={200: OpenApiTypes.OBJECT, 404: ERRORS[404]}, tags=["chain"])
+    def get(self, request: Request, escrow_id: str) -> Response:
+        self.state()
+        return Response(selectors.escrow_detail(escrow_id))
+
+
+class BlocksView(NodeView):
+    @extend_schema(
+        summary="Blocks from a height",
+        parameters=[
+            OpenApiParameter("from", int, description="first height (default 1)"),
+            OpenApiParameter("limit", int, description="at most this many (default 20, at most 1000)"),
+        ],
+        responses={200: OpenApiTypes.OBJECT, 400: ERRORS[400]},
+        tags=["chain"],
+    )
+    def get(self, request: Request) -> Response:
+        self.state()
+        start = _query_int(request, "from", 1, 0, 2**53 - 1)
+        limit = _query_int(request, "limit", 20, 1, 1000)
+        return Response({"blocks": selectors.blocks_range(start, limit)})
+
+
+class BlockView(NodeView):
+    @extend_schema(
+        summary="The block at a height", responses={200: OpenApiTypes.OBJECT, 404: ERRORS[404]}, tags=["chain"]
+    )
+    def get(self, request: Request, height: int) -> Response:
+        self.state()
+        return Response(selectors.block_detail(height))
+
+
+def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ProtocolError("malformed", f"query parameter {name} must be an integer in [{low}, {high}]")
+    return int(raw)

@@ -1,0 +1,88 @@
+"""``python manage.py node --genesis FILE``: one chain node.
+
+Its database lives in the data directory (``AITBC_DATA_DIR``), so each node
+of a devnet runs with its own. The node serves its RPC (and, with the
+consensus work, its P2P websocket) on one port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from aitbc_site.server import run_server
+from chain import node
+from chain.protocol.errors import ProtocolError
+from chain.services import GenesisMismatch, genesis_load
+
+
+def read_password(path: str | None) -> str:
+    if path:
+        return Path(path).read_text(encoding="utf-8").rstrip("\n")
+    value = os.environ.get("AITBC_WALLET_PASSWORD")
+    if value is None and os.environ.get("AITBC_WALLET_PASSWORD_FILE"):
+        value = Path(os.environ["AITBC_WALLET_PASSWORD_FILE"]).read_text(encoding="utf-8").rstrip("\n")
+    if value is None:
+        raise CommandError("the validator key's password: give --validator-password-file or AITBC_WALLET_PASSWORD")
+    return value
+
+
+class Command(BaseCommand):
+    help = "Run one chain node: load its genesis, serve its RPC, produce blocks when it holds a validator key."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--genesis", required=True, help="genesis file (protocol.md)")
+        parser.add_argument("--validator-key", help="keystore file of this node's validator key")
+        parser.add_argument("--validator-password-file", help="file holding the keystore's password")
+        parser.add_argument("--peers", default="", help="comma-separated P2P URLs of other nodes")
+        parser.add_argument("--host", default=settings.HOST)
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8006)))
+
+    def handle(self, *args, **options) -> None:
+        try:
+            genesis = json.loads(Path(options["genesis"]).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"cannot read genesis {options['genesis']}: {exc}") from exc
+        call_command("migrate", interactive=False, verbosity=0)
+        try:
+            state, applied = genesis_load(genesis=genesis)
+        except (ProtocolError, GenesisMismatch) as exc:
+            raise CommandError(f"genesis refused: {exc}") from exc
+        self.stdout.write(
+            f"chain {state.chain_id} at height {state.height} ({'genesis applied' if applied else 'resumed'})"
+        )
+
+        key = None
+        if options["validator_key"]:
+            from wallet.keystore import decrypt_keystore
+
+            try:
+                key = decrypt_keystore(
+                    Path(options["validator_key"]).read_text(encoding="utf-8"),
+                    read_password(options["validator_password_file"]),
+                )
+            except Exception as exc:
+                raise CommandError(f"validator key {options['validator_key']}: {exc}") from exc
+            validators = {v["address"] for v in state.genesis["validators"]}
+            if key.address not in validators:
+                raise CommandError(f"{key.address} is not a validator of chain {state.chain_id}")
+            if len(validators) > 1:
+                raise CommandError("this node build produces blocks for one-validator chains only")
+        node.set_validator_key(key)
+
+        def on_ready() -> None:
+            if key is not None:
+                node.start_producer(key, state.params["block_time_ms"])
+
+        run_server(
+            host=options["host"],
+            port=options["port"],
+            embedded_worker=True,
+            on_ready=on_ready,
+            on_stop=node.stop_producer,
+        )

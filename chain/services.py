@@ -1,0 +1,517 @@
+"""Writes to the ledger: genesis, mempool admission, block production and application.
+
+Every write runs in one database transaction that first locks the
+``ChainState`` row, so admissions and block application are serialized on
+PostgreSQL (on SQLite the IMMEDIATE transaction does the same). Side effects
+(live events) go out only after commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Max
+
+from aitbc_site.events import EVENTS_GROUP, send_event_on_commit
+from chain.ledger import EscrowState, LedgerView, apply_transaction, check_escrow_rules
+from chain.models import Account, Block, ChainState, Escrow, Transaction, Validator
+from chain.protocol import block as proto_block
+from chain.protocol.encoding import canonical_json
+from chain.protocol.errors import ProtocolError
+from chain.protocol.keys import Key
+from chain.protocol.tx import NONCE_WINDOW, check_transaction
+from chain.protocol.tx import Transaction as CheckedTx
+
+logger = logging.getLogger(__name__)
+
+MEMPOOL_MAX = 200_000
+MAX_BATCH = 5000
+_CHUNK = 900  # stays under every database's bound on query parameters
+
+
+def _chunks(items: list, size: int = _CHUNK):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class GenesisMismatch(Exception):
+    """The database holds another chain than the genesis file describes."""
+
+
+@transaction.atomic
+def genesis_load(*, genesis: dict[str, Any]) -> tuple[ChainState, bool]:
+    """Initialize the ledger from ``genesis``, or check it matches what is stored.
+
+    Returns the state and whether genesis was applied now. A second start with
+    the same genesis applies nothing; a different genesis is refused.
+    """
+    proto_block.check_genesis(genesis)
+    gid = proto_block.genesis_id(genesis)
+    existing = ChainState.objects.select_for_update().filter(singleton=1).first()
+    if existing is not None:
+        if existing.genesis_id != gid:
+            raise GenesisMismatch(
+                f"this data directory holds chain {existing.chain_id} with genesis {existing.genesis_id[:16]}..., "
+                f"not the given genesis {gid[:16]}... ({genesis['chain_id']}); use another data directory"
+            )
+        return existing, False
+    total = sum(entry["amount"] for entry in genesis["allocations"])
+    Account.objects.bulk_create(
+        [Account(address=entry["address"], balance=entry["amount"], nonce=0) for entry in genesis["allocations"]]
+    )
+    Validator.objects.bulk_create(
+        [Validator(address=v["address"], pubkey=v["pubkey"], power=v["power"]) for v in genesis["validators"]]
+    )
+    state = ChainState.objects.create(
+        chain_id=genesis["chain_id"],
+        genesis_id=gid,
+        genesis=genesis,
+        params=genesis["params"],
+        height=0,
+        latest_block_id=gid,
+        latest_block_time=proto_block.parse_time(genesis["genesis_time"]),
+        total_supply=total,
+    )
+    logger.info(
+        "genesis applied: chain %s, %d allocations, supply %d uait", state.chain_id, len(genesis["allocations"]), total
+    )
+    return state, True
+
+
+def chain_state() -> ChainState:
+    state = ChainState.objects.filter(singleton=1).first()
+    if state is None:
+        raise ChainNotInitialized("this node has no chain: start it with `manage.py node --genesis FILE`")
+    return state
+
+
+class ChainNotInitialized(Exception):
+    pass
+
+
+class NodeUnavailable(Exception):
+    """The node cannot serve the chain now (no genesis loaded, database down)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitResult:
+    id: str | None = None
+    error: ProtocolError | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"error": self.error.as_dict()}
+        return {"id": self.id}
+
+
+def mempool_admit(*, txs: list[Any], chain_id: str, min_fee: int, verified: bool = False) -> list[AdmitResult]:
+    """Admit parsed transactions to the mempool; one result per input, in order.
+
+    The stateless checks (and the signature, unless ``verified``) run before
+    the database transaction so the lock is held only for the stateful ones.
+    A transaction that fails admission leaves no record.
+    """
+    results: list[AdmitResult | None] = [None] * len(txs)
+    checked: list[tuple[int, CheckedTx]] = []
+    for index, raw in enumerate(txs):
+        try:
+            checked.append(
+                (index, check_transaction(raw, chain_id=chain_id, min_fee=min_fee, verify_signature=not verified))
+            )
+        except ProtocolError as exc:
+            results[index] = AdmitResult(error=exc)
+    if checked:
+        admitted = _admit_checked(checked)
+        for index, result in admitted:
+            results[index] = result
+    return results  # type: ignore[return-value]
+
+
+@transaction.atomic
+def _admit_checked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, AdmitResult]]:
+    state = ChainState.objects.select_for_update().get(singleton=1)
+    height = state.height
+    params = state.params
+    senders = list({c.sender for _i, c in checked})
+    ids = [c.id for _i, c in checked]
+
+    accounts: dict[str, tuple[int, int]] = {}
+    pending_spend: dict[str, int] = defaultdict(int)
+    pending_nonces: set[tuple[str, int]] = set()
+    for chunk in _chunks(senders):
+        for address, balance, nonce in Account.objects.filter(address__in=chunk).values_list(
+            "address", "balance", "nonce"
+        ):
+            accounts[address] = (balance, nonce)
+        for sender, nonce, spend in Transaction.objects.filter(
+            sender__in=chunk, status=Transaction.PENDING
+        ).values_list("sender", "nonce", "spend"):
+            pending_spend[sender] += spend
+            pending_nonces.add((sender, nonce))
+    existing: dict[str, tuple[str, int | None]] = {}
+    for chunk in _chunks(ids):
+        for tx_id, status, tx_height in Transaction.objects.filter(id__in=chunk).values_list("id", "status", "height"):
+            existing[tx_id] = (status, tx_height)
+    escrow_ids = list({c.payload["escrow"] for _i, c in checked if "escrow" in c.payload})
+    escrows: dict[str, EscrowState | None] = {}
+    pending_pays: dict[str, int] = defaultdict(int)
+    pending_locks: set[str] = set()
+    if escrow_ids:
+        for chunk in _chunks(escrow_ids):
+            for e in Escrow.objects.filter(id__in=chunk):
+                escrows[e.id] = _escrow_state(e)
+            for escrow_id, tx_type, body in Transaction.objects.filter(
+                escrow__in=chunk, status=Transaction.PENDING
+            ).values_list("escrow", "type", "body"):
+                if tx_type == "escrow_pay":
+                    pending_pays[escrow_id] += json.loads(body)["payload"]["amount"]
+            pending_locks.update(
+                Transaction.objects.filter(id__in=chunk, status=Transaction.PENDING, type="escrow_lock").values_list(
+                    "id", flat=True
+                )
+            )
+    pending_count = Transaction.objects.filter(status=Transaction.PENDING).count()
+
+    out: list[tuple[int, AdmitResult]] = []
+    rows: list[Transaction] = []
+    revived: list[str] = []
+    seq = (Transaction.objects.aggregate(m=Max("seq"))["m"] or 0) + 1
+    batch_ids: set[str] = set()
+    for index, c in checked:
+        try:
+            if c.id in batch_ids:
+                raise ProtocolError("duplicate", f"transaction {c.id} appears twice in this batch")
+            if c.id in existing:
+                status, tx_height = existing[c.id]
+                if status != Transaction.REJECTED or tx_height is not None:
+                    raise ProtocolError("duplicate", f"transaction {c.id} is already {status}")
+            balance, account_nonce = accounts.get(c.sender, (0, 0))
+            if c.nonce < account_nonce:
+                raise ProtocolError("bad_nonce", f"nonce {c.nonce} is below the account nonce {account_nonce}")
+            if c.nonce > account_nonce + NONCE_WINDOW:
+                raise ProtocolError(
+                    "bad_nonce",
+                    f"nonce {c.nonce} is beyond the window (account nonce {account_nonce} + {NONCE_WINDOW})",
+                )
+            if (c.sender, c.nonce) in pending_nonces:
+                raise ProtocolError("duplicate", f"another transaction from {c.sender} with nonce {c.nonce} is pending")
+            if balance - pending_spend[c.sender] < c.spend:
+                raise ProtocolError(
+                    "insufficient_funds",
+                    f"balance {balance} less pending spends {pending_spend[c.sender]} cannot cover {c.spend}",
+                )
+            if c.type == "escrow_lock" and c.payload["timeout_height"] < height + 1 + params["min_escrow_blocks"]:
+                raise ProtocolError(
+                    "timeout_too_short",
+                    f"timeout_height must be at least {height + 1 + params['min_escrow_blocks']} "
+                    f"(next height {height + 1} + min_escrow_blocks {params['min_escrow_blocks']})",
+                )
+            if c.type in ("escrow_pay", "escrow_refund"):
+                escrow_id = c.payload["escrow"]
+                escrow = escrows.get(escrow_id)
+                if escrow is None and escrow_id in pending_locks:
+                    pass  # its lock is pending: the rules are checked when both are applied
+                else:
+                    check_escrow_rules(escrow, kind=c.type, sender=c.sender, payload=c.payload, height=height)
+                    if c.type == "escrow_pay" and c.payload["amount"] + pending_pays[escrow_id] > escrow.remaining:
+                        raise ProtocolError(
+                            "exceeds_escrow",
+                            f"pay of {c.payload['amount']} plus pending pays {pending_pays[escrow_id]} exceeds "
+                            f"the {escrow.remaining} remaining",
+                        )
+                if c.type == "escrow_pay":
+                    pending_pays[escrow_id] += c.payload["amount"]
+            if pending_count + len(rows) >= MEMPOOL_MAX:
+                raise ProtocolError("mempool_full", "the mempool is full; retry later")
+        except ProtocolError as exc:
+            out.append((index, AdmitResult(error=exc)))
+            continue
+        if c.id in existing:
+            revived.append(c.id)
+        batch_ids.add(c.id)
+        pending_nonces.add((c.sender, c.nonce))
+        pending_spend[c.sender] += c.spend
+        if c.type == "escrow_lock":
+            pending_locks.add(c.id)
+        rows.append(
+            Transaction(
+                id=c.id,
+                seq=seq,
+                sender=c.sender,
+                nonce=c.nonce,
+                fee=c.fee,
+                type=c.type,
+                spend=c.spend,
+                escrow=c.payload.get("escrow", ""),
+                body=canonical_json(c.tx).decode("utf-8"),
+            )
+        )
+        seq += 1
+        out.append((index, AdmitResult(id=c.id)))
+    if revived:
+        # A transaction dropped from a block (its sender could not pay the fee) may come back.
+        Transaction.objects.filter(id__in=revived, status=Transaction.REJECTED, height__isnull=True).delete()
+    if rows:
+        Transaction.objects.bulk_create(rows, batch_size=500)
+        send_event_on_commit(EVENTS_GROUP, {"type": "mempool", "admitted": len(rows)})
+    return out
+
+
+def _escrow_state(e: Escrow) -> EscrowState:
+    return EscrowState(
+        id=e.id,
+        job_id=e.job_id,
+        payer=e.payer,
+        arbiter=e.arbiter,
+        amount=e.amount,
+        paid=e.paid,
+        refunded=e.refunded,
+        timeout_height=e.timeout_height,
+        open=e.status == Escrow.OPEN,
+        opened_height=e.opened_height,
+        closed_height=e.closed_height,
+    )
+
+
+@dataclass
+class Candidate:
+    id: str
+    sender: str
+    nonce: int
+    fee: int
+    type: str
+    payload: dict[str, Any]
+
+
+def _select_candidates(limit: int) -> tuple[list[Candidate], list[str]]:
+    """Pending transactions for the next block: per sender, consecutive nonces from its account nonce.
+
+    Returns the candidates in block order and the ids of stale pending ones
+    (nonce below the account's, which can no longer apply).
+    """
+    rows = list(
+        Transaction.objects.filter(status=Transaction.PENDING)
+        .order_by("seq")
+        .values_list("id", "sender", "nonce", "fee", "type", "body")[: limit * 2 + 100]
+    )
+    if not rows:
+        return [], []
+    senders = list({r[1] for r in rows})
+    nonces: dict[str, int] = {}
+    for chunk in _chunks(senders):
+        nonces.update(Account.objects.filter(address__in=chunk).values_list("address", "nonce"))
+    by_sender: dict[str, dict[int, tuple]] = defaultdict(dict)
+    first_seen: dict[str, int] = {}
+    for position, row in enumerate(rows):
+        by_sender[row[1]][row[2]] = row
+        first_seen.setdefault(row[1], position)
+    chosen: list[Candidate] = []
+    stale: list[str] = []
+    for sender in sorted(by_sender, key=first_seen.__getitem__):
+        expected = nonces.get(sender, 0)
+        txs = by_sender[sender]
+        stale.extend(row[0] for nonce, row in txs.items() if nonce < expected)
+        while expected in txs and len(chosen) < limit:
+            row = txs[expected]
+            chosen.append(Candidate(row[0], row[1], row[2], row[3], row[4], json.loads(row[5])["payload"]))
+            expected += 1
+        if len(chosen) >= limit:
+            break
+    return chosen, stale
+
+
+def _load_view(candidates: list[Candidate], proposer: str) -> LedgerView:
+    view = LedgerView()
+    escrow_ids = {c.payload["escrow"] for c in candidates if "escrow" in c.payload}
+    for chunk in _chunks(list(escrow_ids)):
+        for e in Escrow.objects.filter(id__in=chunk):
+            view.escrows[e.id] = _escrow_state(e)
+    addresses = {proposer}
+    for c in candidates:
+        addresses.add(c.sender)
+        if "to" in c.payload:
+            addresses.add(c.payload["to"])
+    addresses.update(e.payer for e in view.escrows.values() if e is not None)
+    for chunk in _chunks(list(addresses)):
+        for address, balance, nonce in Account.objects.filter(address__in=chunk).values_list(
+            "address", "balance", "nonce"
+        ):
+            view.accounts[address] = [balance, nonce]
+    return view
+
+
+def _write_view(view: LedgerView) -> None:
+    table = Account._meta.db_table
+    rows = [(address, *view.accounts[address]) for address in view.touched_accounts]
+    if rows:
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO {table} (address, balance, nonce) VALUES (%s, %s, %s) "
+                "ON CONFLICT (address) DO UPDATE SET balance = excluded.balance, nonce = excluded.nonce",
+                rows,
+            )
+    new, changed = [], []
+    for escrow_id in view.touched_escrows:
+        e = view.escrows[escrow_id]
+        assert e is not None
+        (new if e.new else changed).append(e)
+    if new:
+        Escrow.objects.bulk_create(
+            [
+                Escrow(
+                    id=e.id,
+                    job_id=e.job_id,
+                    payer=e.payer,
+                    arbiter=e.arbiter,
+                    amount=e.amount,
+                    paid=e.paid,
+                    refunded=e.refunded,
+                    timeout_height=e.timeout_height,
+                    status=Escrow.OPEN if e.open else Escrow.CLOSED,
+                    opened_height=e.opened_height,
+                    closed_height=e.closed_height,
+                )
+                for e in new
+            ]
+        )
+    if changed:
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                f"UPDATE {Escrow._meta.db_table} SET paid = %s, refunded = %s, status = %s, closed_height = %s "
+                "WHERE id = %s",
+                [
+                    (e.paid, e.refunded, Escrow.OPEN if e.open else Escrow.CLOSED, e.closed_height, e.id)
+                    for e in changed
+                ],
+            )
+
+
+def block_produce(*, key: Key, now_ms: int | None = None) -> Block | None:
+    """Build, commit and apply the next block from the mempool (one-validator chains).
+
+    Returns None when it is not yet time for the next block. Safe to call
+    concurrently or twice: the state row lock and the block height's primary
+    key let only one block per height through.
+    """
+    with transaction.atomic():
+        state = ChainState.objects.select_for_update().get(singleton=1)
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        last_ms = int(state.latest_block_time.timestamp() * 1000)
+        if state.height > 0 and now_ms < last_ms + state.params["block_time_ms"]:
+            return None
+        time_ms = max(now_ms, last_ms + 1)
+        height = state.height + 1
+        candidates, stale = _select_candidates(state.params["max_block_txs"])
+        view = _load_view(candidates, key.address)
+        included: list[str] = []
+        results: dict[str, str] = {}
+        rejected: list[tuple[str, str, str]] = []
+        dropped: list[tuple[str, str, str]] = []
+        for c in candidates:
+            outcome = apply_transaction(
+                view,
+                tx_id=c.id,
+                sender=c.sender,
+                nonce=c.nonce,
+                fee=c.fee,
+                kind=c.type,
+                payload=c.payload,
+                height=height,
+                proposer=key.address,
+                min_escrow_blocks=state.params["min_escrow_blocks"],
+            )
+            if outcome.included:
+                included.append(c.id)
+                if outcome.code:
+                    results[c.id] = outcome.code
+                    rejected.append((outcome.code, outcome.message[:300], c.id))
+            else:
+                dropped.append((outcome.code or "", outcome.message[:300], c.id))
+        header = proto_block.block_header(
+            chain_id=state.chain_id,
+            height=height,
+            prev_id=state.latest_block_id,
+            time_ms=time_ms,
+            proposer=key.address,
+            tx_ids=included,
+        )
+        bid = proto_block.block_id(header)
+        commit = proto_block.make_commit(key, chain_id=state.chain_id, height=height, round=0, block_id=bid)
+        block = _store_block(state, header, bid, included, results, commit, rejected, dropped, stale, view)
+    return block
+
+
+def _store_block(
+    state: ChainState,
+    header: dict,
+    bid: str,
+    included: list[str],
+    results: dict[str, str],
+    commit: dict,
+    rejected: list[tuple[str, str, str]],
+    dropped: list[tuple[str, str, str]],
+    stale: list[str],
+    view: LedgerView,
+) -> Block:
+    height = header["height"]
+    moment = datetime.fromtimestamp(header["time_ms"] / 1000, tz=UTC)
+    block = Block.objects.create(
+        height=height,
+        id=bid,
+        prev_id=header["prev_id"],
+        header=header,
+        tx_ids=included,
+        results=results,
+        commit=commit,
+        time=moment,
+        proposer=header["proposer"],
+        tx_count=len(included),
+    )
+    _write_view(view)
+    table = Transaction._meta.db_table
+    with connection.cursor() as cursor:
+        committed = [tx_id for tx_id in included if tx_id not in results]
+        for chunk in _chunks(committed):
+            marks = ",".join(["%s"] * len(chunk))
+            cursor.execute(
+                f"UPDATE {table} SET status = 'committed', height = %s WHERE id IN ({marks})", [height, *chunk]
+            )
+        if rejected:
+            cursor.executemany(
+                f"UPDATE {table} SET status = 'rejected', height = {int(height)}, error_code = %s, "
+                "error_message = %s WHERE id = %s",
+                rejected,
+            )
+        if dropped:
+            cursor.executemany(
+                f"UPDATE {table} SET status = 'rejected', error_code = %s, error_message = %s WHERE id = %s", dropped
+            )
+        if stale:
+            cursor.executemany(
+                f"UPDATE {table} SET status = 'rejected', error_code = 'bad_nonce', "
+                "error_message = 'nonce below the account nonce' WHERE id = %s",
+                [(tx_id,) for tx_id in stale],
+            )
+    updated = ChainState.objects.filter(singleton=1, height=height - 1).update(
+        height=height, latest_block_id=bid, latest_block_time=moment
+    )
+    if updated != 1:
+        raise RuntimeError(f"chain head moved while applying block {height}")
+    send_event_on_commit(
+        EVENTS_GROUP,
+        {
+            "type": "block",
+            "height": height,
+            "id": bid,
+            "time": proto_block.format_time_ms(header["time_ms"]),
+            "tx_count": len(included),
+        },
+    )
+    return block
