@@ -11,6 +11,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(permission_classes=[]), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[]), name="api-docs"),
     path("v1/system/ping", system_ping, name="system-ping"),
+    path("", include("automation.urls")),
     path("", include("chain.urls")),
     path("", include("wallet.urls")),
 ]
