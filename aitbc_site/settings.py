@@ -184,6 +184,9 @@ if REDIS_URL and REDIS_URL.startswith("rediss://"):
     if _ca:
         CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [{"address": REDIS_URL, "ssl_ca_certs": _ca}]
 
+# Chain node
+CHAIN_MEMPOOL_MAX = env_int("AITBC_MEMPOOL_MAX", 200_000, minimum=1)
+
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -29,11 +29,21 @@ class Transaction:
 
     id: str
     tx: dict[str, Any]
+    signed_bytes: bytes
     sender: str
     nonce: int
     fee: int
     type: str
     payload: dict[str, Any]
+
+    @property
+    def body(self) -> str:
+        """The canonical JSON of the whole transaction, signature included."""
+        unsigned_json = self.signed_bytes[len(DOMAIN_TX) :].decode("utf-8")
+        # "signature" sorts just before "type", the last top-level key; the text
+        # ',"type":' cannot occur inside a JSON string, whose quotes are escaped.
+        cut = unsigned_json.rfind(',"type":')
+        return f'{unsigned_json[:cut]},"signature":"{self.tx["signature"]}"{unsigned_json[cut:]}'
 
     @property
     def spend(self) -> int:
@@ -172,7 +182,8 @@ def check_transaction(tx: Any, *, chain_id: str, min_fee: int, verify_signature:
     Order: fields and types (``malformed``), addresses (``invalid_address``),
     chain (``wrong_chain``), key and signature (``bad_signature``), fee
     (``fee_too_low``). The stateful checks (nonce, funds, escrow) belong to
-    the ledger.
+    the ledger. With ``verify_signature=False`` the caller must call
+    ``verify_transaction_signature`` itself (to verify many in parallel).
     """
     check_fields(tx)
     if tx["chain_id"] != chain_id:
@@ -180,16 +191,27 @@ def check_transaction(tx: Any, *, chain_id: str, min_fee: int, verify_signature:
     if address_from_pubkey_hex(tx["pubkey"]) != tx["from"]:
         raise ProtocolError("bad_signature", "from is not the address of pubkey")
     signed = sign_bytes(tx)
-    if verify_signature and not verify(bytes.fromhex(tx["pubkey"]), signed, bytes.fromhex(tx["signature"])):
-        raise ProtocolError("bad_signature", "the signature does not verify")
-    if tx["fee"] < min_fee:
-        raise ProtocolError("fee_too_low", f"fee {tx['fee']} is below the minimum {min_fee}")
-    return Transaction(
+    checked = Transaction(
         id=tx_id_of(signed),
         tx=tx,
+        signed_bytes=signed,
         sender=tx["from"],
         nonce=tx["nonce"],
         fee=tx["fee"],
         type=tx["type"],
         payload=tx["payload"],
     )
+    if verify_signature:
+        verify_transaction_signature(checked)
+    if tx["fee"] < min_fee:
+        raise ProtocolError("fee_too_low", f"fee {tx['fee']} is below the minimum {min_fee}")
+    return checked
+
+
+def signature_valid(checked: Transaction) -> bool:
+    return verify(bytes.fromhex(checked.tx["pubkey"]), checked.signed_bytes, bytes.fromhex(checked.tx["signature"]))
+
+
+def verify_transaction_signature(checked: Transaction) -> None:
+    if not signature_valid(checked):
+        raise ProtocolError("bad_signature", "the signature does not verify")
