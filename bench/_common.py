@@ -47,7 +47,7 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition") -> None:  # noqa: ANN001
+def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

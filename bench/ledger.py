@@ -26,11 +26,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import ROOT, free_port_block, manage, percentile, wait_until
-
 import nacl.bindings
 import nacl.signing
 import requests
+from _common import ROOT, free_port_block, manage, wait_until
 
 from chain.protocol.keys import Key
 from chain.protocol.tx import build_transaction
@@ -261,7 +260,7 @@ def end_to_end(db: Database, keys: list[Key], txs: list[dict], validator: Key, w
         node.terminate()
         try:
             node.wait(20)
-        except Exception:  # noqa: BLE001
+        except Exception:
             node.kill()
 
 
