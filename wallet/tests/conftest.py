@@ -190,3 +190,9 @@ def node_url(data_dir: Path, live_node: LiveNode, monkeypatch: pytest.MonkeyPatc
     """``AITBC_NODE_URL`` pointing at the live node, in an empty data directory."""
     monkeypatch.setenv("AITBC_NODE_URL", live_node.url)
     return live_node.url
+
+
+@pytest.fixture
+def free_tcp_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (a node that is down)."""
+    return _free_port()

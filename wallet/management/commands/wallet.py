@@ -43,6 +43,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+        # No abbreviations: "--password SECRET" must be an error, not a prefix of --password-file.
+        real_add_parser = actions.add_parser
+        actions.add_parser = lambda name, **kwargs: real_add_parser(name, allow_abbrev=False, **kwargs)
 
         p = actions.add_parser("create", help="new wallet from a new mnemonic, shown once")
         p.add_argument("name")
