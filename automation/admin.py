@@ -12,6 +12,7 @@ from automation.models import AutomationConfig, Claim, JobLease, PullRequestStat
 
 
 class AutomationConfigForm(forms.ModelForm):
+    gitea_url = forms.URLField(required=False, assume_scheme="https", help_text="Base URL of Gitea, without /api/v1.")
     # Write-only: the admin never renders a stored secret, not even sealed.
     new_token = forms.CharField(
         required=False,
