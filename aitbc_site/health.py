@@ -56,6 +56,23 @@ def _check_broker() -> str:
     return "ok"
 
 
+def _check_chain() -> str | None:
+    """On a node: the chain's height and whether its block producer is working. None elsewhere."""
+    from chain import node
+    from chain.models import ChainState
+
+    state = ChainState.objects.filter(singleton=1).values_list("chain_id", "height").first()
+    if state is None:
+        return None
+    producer = node.producer()
+    if producer is not None:
+        if not producer.is_alive():
+            raise RuntimeError("block producer has stopped")
+        if producer.last_error:
+            raise RuntimeError(f"block production failing: {producer.last_error}")
+    return f"{state[0]} at height {state[1]}"
+
+
 async def _run(name: str, check) -> tuple[str, bool, str]:
     try:
         if asyncio.iscoroutinefunction(check):
@@ -63,7 +80,7 @@ async def _run(name: str, check) -> tuple[str, bool, str]:
         else:
             # The database check stays on Django's sync thread, where the request's
             # connection lives; the broker check may block, so it gets its own.
-            sensitive = check is _check_database
+            sensitive = check in (_check_database, _check_chain)
             result = await asyncio.wait_for(sync_to_async(check, thread_sensitive=sensitive)(), CHECK_TIMEOUT + 1)
         return name, True, result
     except TimeoutError:
@@ -78,7 +95,9 @@ async def health(request):
         _run("database", _check_database),
         _run("channel_layer", _check_channel_layer),
         _run("broker", _check_broker),
+        _run("chain", _check_chain),
     )
+    results = [r for r in results if r[2] is not None]
     checks = {name: detail for name, _ok, detail in results}
     down = [name for name, ok, _detail in results if not ok]
     body = {
