@@ -41,6 +41,7 @@ from automation.locks import (
     LockError,
     claim_branch,
     claim_marker,
+    parse_claim_marker,
 )
 from automation.models import (
     DEFAULT_ELIGIBLE_LABELS,
@@ -162,7 +163,13 @@ def gitea_client_for(config: AutomationConfig) -> GiteaClient:
     token = config_token(config)
     if not token or not config.gitea_url or "/" not in config.repo:
         raise AutomationError("automation is not configured: " + "; ".join(config_problems(config)))
-    return GiteaClient(config.gitea_url, config.repo, token)
+    return GiteaClient(
+        config.gitea_url,
+        config.repo,
+        token,
+        retries=env_int("GITEA_RETRIES", 3, minimum=0, maximum=10),
+        backoff=env_int("GITEA_RETRY_BACKOFF_MS", 500, minimum=0) / 1000,
+    )
 
 
 def claim_lock_for(config: AutomationConfig, client: GiteaClient) -> GiteaCommentLock | GitRefLock:
@@ -460,6 +467,15 @@ class _ClaimPass:
         self.finalize(claim, issue=issue)
         return True
 
+    def own_claim_comment(self, number: int) -> int | None:
+        """Our lowest claim comment on the issue, when the record of it was lost."""
+        ours = [
+            c["id"]
+            for c in self.client.list_comments(number)
+            if parse_claim_marker(c.get("body", "")) and (c.get("user") or {}).get("login") == self.agent
+        ]
+        return min(ours, default=None)
+
     def finalize(self, claim: Claim, *, issue: dict | None = None) -> None:
         """Work branch, assignment, one claim comment: each step safe to repeat."""
         number = claim.issue_number
@@ -476,7 +492,7 @@ class _ClaimPass:
             f"{claim_marker(self.agent, 'final')}\nClaimed by **{self.agent}**: work happens on branch `{work}`.\n"
             f"(The lock is the branch `{claim_branch(number)}`; see docs/automation.md.)"
         )
-        comment_id = claim.comment_id
+        comment_id = claim.comment_id or self.own_claim_comment(number)
         if comment_id is None:
             comment_id = self.client.create_comment(number, text)["id"]
         else:

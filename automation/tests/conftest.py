@@ -47,6 +47,7 @@ def sibling_client(gitea: GiteaStandIn) -> GiteaClient:
 def config(db, gitea: GiteaStandIn, monkeypatch) -> AutomationConfig:
     """This agent's configuration pointing at the stand-in, token sealed in the row."""
     monkeypatch.setenv("AITBC_CLAIM_SETTLE_MS", "0")
+    monkeypatch.setenv("GITEA_RETRY_BACKOFF_MS", "10")
     for name in ("GITEA_TOKEN", "GITEA_TOKEN_FILE", "GITEA_WEBHOOK_SECRET", "GITEA_WEBHOOK_SECRET_FILE"):
         monkeypatch.delenv(name, raising=False)
     config = services.config_get()

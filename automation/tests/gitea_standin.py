@@ -31,6 +31,7 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -117,6 +118,9 @@ class GiteaStandIn:
         self.branch_window = 0.0
         self.rendezvous: dict[str, threading.Barrier] = {}
         self.faults: list[Fault] = []
+        # Called (without the lock) after a branch creation answered 201: lets a
+        # test play the sibling acting between two of the agent's requests.
+        self.on_branch_created: Callable[[str], None] | None = None
         self.violations: list[str] = []
         self.requests: list[tuple[str, str, int, str]] = []
         self.stats: Counter = Counter()
@@ -716,7 +720,10 @@ def create_branch(s: GiteaStandIn, query, body, user):
             s.stats["branch_double_201"] += 1
         s.branches[name] = sha
         s.stats["branch_201"] += 1
-        return 201, s.branch_json(name), {}
+        answer = s.branch_json(name)
+    if s.on_branch_created is not None:
+        s.on_branch_created(name)
+    return 201, answer, {}
 
 
 def delete_branch(s: GiteaStandIn, query, body, user, branch):
@@ -991,6 +998,8 @@ ROUTES = [
 class _Handler(BaseHTTPRequestHandler):
     standin: GiteaStandIn
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; without TCP_NODELAY each answer waits on a delayed ACK.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         return
