@@ -13,6 +13,7 @@ from typing import Any
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -150,7 +151,8 @@ class SentTransactionSerializer(serializers.Serializer):
     tx = serializers.JSONField(help_text="the signed transaction as submitted")
 
 
-def _errors(*codes: int) -> dict[int, OpenApiResponse]:
+def _errors(*codes: int, **overrides: str) -> dict[int, OpenApiResponse]:
+    """Documented error answers; ``overrides`` (``e403="..."``) replace a status's description."""
     descriptions = {
         400: "invalid input (malformed, invalid_address, invalid_name, weak_password, invalid_mnemonic, "
         "unsupported_keystore, address_mismatch, or a protocol error from the node)",
@@ -160,18 +162,25 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
         429: "rate_limited by the node",
         503: "node_unavailable or mempool_full",
     }
+    descriptions |= {int(name[1:]): text for name, text in overrides.items()}
     return {code: OpenApiResponse(ErrorSerializer, description=descriptions[code]) for code in codes}
 
 
 class WalletAPIView(APIView):
     permission_classes = [IsAuthenticated]
+    # JSON only: amounts are JSON integers, which form encodings cannot carry.
+    parser_classes = [JSONParser]
 
     def handle_exception(self, exc: Exception) -> Response:
         return super().handle_exception(to_api_error(exc) or exc)
 
 
 class WalletListCreateView(WalletAPIView):
-    @extend_schema(operation_id="wallets_list", tags=["wallets"], responses={200: WalletSerializer(many=True)})
+    @extend_schema(
+        operation_id="wallets_list",
+        tags=["wallets"],
+        responses={200: WalletSerializer(many=True), **_errors(403, e403="not logged in")},
+    )
     def get(self, request: Request) -> Response:
         """Your wallets."""
         return Response(WalletSerializer(selectors.wallet_list(owner=request.user), many=True).data)
@@ -180,7 +189,7 @@ class WalletListCreateView(WalletAPIView):
         operation_id="wallets_create",
         tags=["wallets"],
         request=WalletCreateInput,
-        responses={201: CreatedWalletSerializer, **_errors(400, 403, 409)},
+        responses={201: CreatedWalletSerializer, **_errors(400, 403, 409, e403="not logged in")},
     )
     def post(self, request: Request) -> Response:
         """Create a wallet from a new 24-word mnemonic; the answer shows the mnemonic once."""
@@ -219,7 +228,7 @@ class WalletDetailView(WalletAPIView):
     @extend_schema(
         operation_id="wallets_retrieve",
         tags=["wallets"],
-        responses={200: WalletDetailSerializer, **_errors(403, 404)},
+        responses={200: WalletDetailSerializer, **_errors(403, 404, e403="not logged in")},
     )
     def get(self, request: Request, address: str) -> Response:
         """One of your wallets, with its balance and nonce from the node.

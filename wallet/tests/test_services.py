@@ -37,12 +37,12 @@ MNEMONIC_VECTOR = vectors()["mnemonics"][1]
 
 @pytest.fixture
 def owner():
-    return get_user_model().objects.create_user("owner", password="x")
+    return get_user_model().objects.create_user("owner")
 
 
 @pytest.fixture
 def other():
-    return get_user_model().objects.create_user("other", password="x")
+    return get_user_model().objects.create_user("other")
 
 
 @pytest.fixture
