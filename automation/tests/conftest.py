@@ -34,7 +34,7 @@ def gitea(contract: Contract):
 
 
 @pytest.fixture
-def client(gitea: GiteaStandIn) -> GiteaClient:
+def gitea_client(gitea: GiteaStandIn) -> GiteaClient:
     return GiteaClient(gitea.url, gitea.repo, gitea.tokens_for(AGENT), backoff=0.01)
 
 

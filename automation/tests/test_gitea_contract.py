@@ -76,19 +76,19 @@ def test_contract_matches_branch_names_with_encoded_slashes(contract: Contract):
 # ---------------------------------------------------------------------- documented Gitea behaviour
 
 
-def test_branch_creation_conflicts_when_the_branch_exists(client: GiteaClient):
-    assert client.create_branch("claim/1", from_ref="main") is True
-    assert client.create_branch("claim/1", from_ref="main") is False
+def test_branch_creation_conflicts_when_the_branch_exists(gitea_client: GiteaClient):
+    assert gitea_client.create_branch("claim/1", from_ref="main") is True
+    assert gitea_client.create_branch("claim/1", from_ref="main") is False
 
 
-def test_simultaneous_branch_creations_both_succeed(gitea: GiteaStandIn, client: GiteaClient, sibling_client):
+def test_simultaneous_branch_creations_both_succeed(gitea: GiteaStandIn, gitea_client: GiteaClient, sibling_client):
     gitea.rendezvous["claim/7"] = threading.Barrier(2)
     results = {}
 
     def create(name: str, c: GiteaClient) -> None:
         results[name] = c.create_branch("claim/7", from_ref="main")
 
-    threads = [threading.Thread(target=create, args=(n, c)) for n, c in (("a", client), ("b", sibling_client))]
+    threads = [threading.Thread(target=create, args=(n, c)) for n, c in (("a", gitea_client), ("b", sibling_client))]
     for t in threads:
         t.start()
     for t in threads:
@@ -97,7 +97,7 @@ def test_simultaneous_branch_creations_both_succeed(gitea: GiteaStandIn, client:
     assert gitea.stats["branch_double_201"] == 1
 
 
-def test_issue_list_has_no_unassigned_filter_and_sends_null_assignees(gitea: GiteaStandIn, client: GiteaClient):
+def test_issue_list_has_no_unassigned_filter_and_sends_null_assignees(gitea: GiteaStandIn, gitea_client: GiteaClient):
     gitea.add_issue("free", labels=["task"])
     gitea.add_issue("taken", labels=["task"], assignees=[SIBLING])
     response = _raw(gitea, "GET", "/issues", params={"state": "open", "type": "issues"})
@@ -106,32 +106,35 @@ def test_issue_list_has_no_unassigned_filter_and_sends_null_assignees(gitea: Git
     assert [u["login"] for u in by_title["taken"]["assignees"]] == [SIBLING]
 
 
-def test_label_filter_matches_all_labels_and_drops_unknown_names(gitea: GiteaStandIn, client: GiteaClient):
+def test_label_filter_matches_all_labels_and_drops_unknown_names(gitea: GiteaStandIn, gitea_client: GiteaClient):
     both = gitea.add_issue("both", labels=["task", "bug"])
     task = gitea.add_issue("task only", labels=["task"])
     gitea.add_issue("none")
-    assert {i["number"] for i in client.list_issues(labels=["task", "bug"])} == {both}
-    assert {i["number"] for i in client.list_issues(labels=["task", "no-such-label"])} == {both, task}
+    assert {i["number"] for i in gitea_client.list_issues(labels=["task", "bug"])} == {both}
+    assert {i["number"] for i in gitea_client.list_issues(labels=["task", "no-such-label"])} == {both, task}
     # Only unknown names: nothing left to filter by, so every issue comes back.
-    assert len(client.list_issues(labels=["no-such-label"])) == 3
-    assert {i["number"] for i in client.list_issues_with_any_label(["bug", "task", "no-such-label"])} == {both, task}
+    assert len(gitea_client.list_issues(labels=["no-such-label"])) == 3
+    assert {i["number"] for i in gitea_client.list_issues_with_any_label(["bug", "task", "no-such-label"])} == {
+        both,
+        task,
+    }
 
 
-def test_assignee_patch_replaces_the_list(gitea: GiteaStandIn, client: GiteaClient, sibling_client: GiteaClient):
+def test_assignee_patch_replaces_the_list(gitea: GiteaStandIn, gitea_client: GiteaClient, sibling_client: GiteaClient):
     number = gitea.add_issue("x", labels=["task"])
-    client.set_assignees(number, [AGENT])
+    gitea_client.set_assignees(number, [AGENT])
     sibling_client.set_assignees(number, [SIBLING])
-    assert [u["login"] for u in client.get_issue(number)["assignees"]] == [SIBLING]
+    assert [u["login"] for u in gitea_client.get_issue(number)["assignees"]] == [SIBLING]
 
 
-def test_reviewing_your_own_pull_request_is_422(gitea: GiteaStandIn, client: GiteaClient):
+def test_reviewing_your_own_pull_request_is_422(gitea: GiteaStandIn, gitea_client: GiteaClient):
     number = gitea.add_pull(author=AGENT, head_ref=f"{AGENT}/1-x", files={"a.py": "x = 1\n"})
-    sha = client.get_pull(number)["head"]["sha"]
+    sha = gitea_client.get_pull(number)["head"]["sha"]
     with pytest.raises(GiteaError) as caught:
-        client.create_review(number, event="APPROVED", body="", commit_id=sha)
+        gitea_client.create_review(number, event="APPROVED", body="", commit_id=sha)
     assert caught.value.status == 422
     with pytest.raises(GiteaError):
-        client.request_reviewers(number, [AGENT])
+        gitea_client.request_reviewers(number, [AGENT])
 
 
 def test_request_changes_needs_a_body(gitea: GiteaStandIn, sibling_client: GiteaClient):
@@ -142,17 +145,17 @@ def test_request_changes_needs_a_body(gitea: GiteaStandIn, sibling_client: Gitea
     assert caught.value.status == 422
 
 
-def test_combined_status_without_statuses_is_empty_not_success(gitea: GiteaStandIn, client: GiteaClient):
-    combined = client.combined_status(gitea.branches["main"])
+def test_combined_status_without_statuses_is_empty_not_success(gitea: GiteaStandIn, gitea_client: GiteaClient):
+    combined = gitea_client.combined_status(gitea.branches["main"])
     assert combined["state"] == "" and combined["total_count"] == 0
 
 
-def test_combined_status_counts_warning_as_success_and_reads_every_page(gitea: GiteaStandIn, client: GiteaClient):
+def test_combined_status_counts_warning_as_success_and_reads_every_page(gitea: GiteaStandIn, gitea_client: GiteaClient):
     sha = gitea.branches["main"]
     for i in range(60):
         gitea.set_status(sha, f"check-{i}", "success")
     gitea.set_status(sha, "lint", "warning")
-    combined = client.combined_status(sha)
+    combined = gitea_client.combined_status(sha)
     assert combined["state"] == "success"
     assert len(combined["statuses"]) == 61 == combined["total_count"]
 
@@ -167,12 +170,12 @@ def test_page_size_is_capped_at_50_with_a_total_count(gitea: GiteaStandIn):
     assert len(default.json()) == 30
 
 
-def test_merge_answers_follow_gitea(gitea: GiteaStandIn, client: GiteaClient):
+def test_merge_answers_follow_gitea(gitea: GiteaStandIn, gitea_client: GiteaClient):
     pending = gitea.add_pull(author=AGENT, head_ref=f"{AGENT}/1-a", files={"a.py": "x = 1\n"})
-    sha = client.get_pull(pending)["head"]["sha"]
-    assert client.merge_pull(pending, style="merge", head_commit_id="0" * 40) == "conflict"
-    assert client.merge_pull(pending, style="merge", head_commit_id=sha, when_checks_succeed=True) == "scheduled"
+    sha = gitea_client.get_pull(pending)["head"]["sha"]
+    assert gitea_client.merge_pull(pending, style="merge", head_commit_id="0" * 40) == "conflict"
+    assert gitea_client.merge_pull(pending, style="merge", head_commit_id=sha, when_checks_succeed=True) == "scheduled"
     gitea.set_status(sha, "ci", "success")
-    assert client.merge_pull(pending, style="merge", head_commit_id=sha, when_checks_succeed=True) == "merged"
-    assert client.is_merged(pending)
-    assert client.merge_pull(pending, style="merge", head_commit_id=sha) == "not_allowed"
+    assert gitea_client.merge_pull(pending, style="merge", head_commit_id=sha, when_checks_succeed=True) == "merged"
+    assert gitea_client.is_merged(pending)
+    assert gitea_client.merge_pull(pending, style="merge", head_commit_id=sha) == "not_allowed"

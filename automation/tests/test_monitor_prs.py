@@ -199,11 +199,11 @@ def test_branches_of_a_closed_pr_still_used_by_an_open_pr_are_kept(gitea: GiteaS
 
 
 def test_duplicate_notices_left_by_a_crash_are_folded_into_one(
-    gitea: GiteaStandIn, config: AutomationConfig, matrix, client
+    gitea: GiteaStandIn, config: AutomationConfig, matrix, gitea_client
 ):
     number = matrix["green"]
-    client.create_comment(number, f"<!-- aitbc:notice agent={AGENT} -->\nold")
-    client.create_comment(number, f"<!-- aitbc:notice agent={AGENT} -->\nolder")
+    gitea_client.create_comment(number, f"<!-- aitbc:notice agent={AGENT} -->\nold")
+    gitea_client.create_comment(number, f"<!-- aitbc:notice agent={AGENT} -->\nolder")
     services.monitor_prs_run()
     notices = _notices(gitea, number)
     assert len(notices) == 1 and "approved" in notices[0]["body"]
