@@ -139,7 +139,8 @@ class WalletImportInput(serializers.Serializer):
 
 
 class WalletSendInput(serializers.Serializer):
-    to = serializers.CharField(max_length=200)
+    # Checked as an address by the protocol's rules (invalid_address), not trimmed or pre-judged here.
+    to = serializers.CharField(max_length=200, allow_blank=True, trim_whitespace=False)
     amount = StrictIntegerField(min_value=1, max_value=MAX_INT, help_text="uait")
     fee = StrictIntegerField(required=False, min_value=0, max_value=MAX_INT, help_text="uait; default: min_fee")
     memo = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, max_length=256, default="")

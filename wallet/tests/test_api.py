@@ -202,8 +202,8 @@ def test_send_without_a_node_is_503_after_the_password_is_checked(alice: APIClie
 @pytest.mark.parametrize(
     ("change", "code"),
     [
-        ({"to": vectors()["invalid_addresses"][0]["address"]}, "invalid_address"),
-        ({"to": vectors()["invalid_addresses"][1]["address"]}, "invalid_address"),
+        *[({"to": vector["address"]}, "invalid_address") for vector in vectors()["invalid_addresses"]],
+        ({"to": " " + Key(bytes(32)).address}, "invalid_address"),
         ({"amount": 0}, "malformed"),
         ({"amount": 1.5}, "malformed"),
         ({"amount": "1"}, "malformed"),

@@ -25,7 +25,7 @@ from chain.protocol.errors import ProtocolError
 from chain.protocol.keys import Key, is_address
 from wallet import chain
 from wallet.errors import AddressMismatch, WalletError, WalletExists, WalletNotFound
-from wallet.files import WalletFile, check_name, find_wallet, iter_wallets, write_new_wallet
+from wallet.files import WalletFile, check_name, find_wallet, iter_wallets, wallet_path, write_new_wallet
 from wallet.keystore import check_new_password, decrypt_keystore, encrypt_key, parse_keystore
 from wallet.mnemonic import DEFAULT_WORDS, WORD_COUNTS, generate_mnemonic, key_from_mnemonic
 from wallet.signing import build_transfer, check_transfer, check_unsigned_fields, sign_fields, wait_for_transaction
@@ -271,7 +271,7 @@ class Command(BaseCommand):
         return key
 
     def _refuse_taken(self, name: str) -> None:
-        if (self.directory / f"{name}.keystore.json").exists():
+        if wallet_path(self.directory, name).exists():
             raise WalletExists(f"wallet {name!r} already exists in {self.directory}")
 
     def _refuse_held(self, address: str) -> None:
