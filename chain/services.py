@@ -20,7 +20,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Max
 from django.utils import timezone
 
 from aitbc_site.events import EVENTS_GROUP, send_event_on_commit
@@ -215,7 +214,7 @@ def _admit_checked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, Admi
     out: list[tuple[int, AdmitResult]] = []
     rows: list[tuple] = []
     revived: list[str] = []
-    seq = (Transaction.objects.aggregate(m=Max("seq"))["m"] or 0) + 1
+    seq = state.mempool_seq + 1
     batch_ids: set[str] = set()
     for index, c in checked:
         try:
@@ -281,6 +280,7 @@ def _admit_checked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, Admi
         Transaction.objects.filter(id__in=revived, status=Transaction.REJECTED, height__isnull=True).delete()
     if rows:
         _insert_pending(rows)
+        ChainState.objects.filter(singleton=1).update(mempool_seq=seq - 1)
         send_event_on_commit(EVENTS_GROUP, {"type": "mempool", "admitted": len(rows)})
     return out
 
