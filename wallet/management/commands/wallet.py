@@ -43,17 +43,18 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-        # No abbreviations: "--password SECRET" must be an error, not a prefix of --password-file.
-        real_add_parser = actions.add_parser
-        actions.add_parser = lambda name, **kwargs: real_add_parser(name, allow_abbrev=False, **kwargs)
 
-        p = actions.add_parser("create", help="new wallet from a new mnemonic, shown once")
+        def add(name: str, **kwargs: Any) -> CommandParser:
+            # No abbreviations: "--password SECRET" must be an error, not a prefix of --password-file.
+            return actions.add_parser(name, allow_abbrev=False, **kwargs)
+
+        p = add("create", help="new wallet from a new mnemonic, shown once")
         p.add_argument("name")
         p.add_argument("--words", type=int, choices=WORD_COUNTS, default=DEFAULT_WORDS)
         self._password_arguments(p)
         p.add_argument("--json", action="store_true")
 
-        p = actions.add_parser("import", help="wallet from a keystore file or a mnemonic file")
+        p = add("import", help="wallet from a keystore file or a mnemonic file")
         p.add_argument("name", nargs="?", help="default: the file's name without .keystore.json/.json/.txt")
         source = p.add_mutually_exclusive_group(required=True)
         source.add_argument("--keystore", metavar="FILE", help="keystore file; its password stays the wallet's")
@@ -62,19 +63,19 @@ class Command(BaseCommand):
         self._password_arguments(p)
         p.add_argument("--json", action="store_true")
 
-        p = actions.add_parser("list", help="the wallets in the data directory")
+        p = add("list", help="the wallets in the data directory")
         p.add_argument("--json", action="store_true")
 
-        p = actions.add_parser("show", help="a wallet's address and public key")
+        p = add("show", help="a wallet's address and public key")
         p.add_argument("wallet", metavar="NAME_OR_ADDRESS")
         p.add_argument("--json", action="store_true")
 
-        p = actions.add_parser("balance", help="balance and nonce from a node")
+        p = add("balance", help="balance and nonce from a node")
         p.add_argument("wallet", metavar="NAME_OR_ADDRESS")
         p.add_argument("--node", metavar="URL", help="node RPC URL (default: AITBC_NODE_URL, else the devnet's)")
         p.add_argument("--json", action="store_true")
 
-        p = actions.add_parser("send", help="sign and submit a transfer")
+        p = add("send", help="sign and submit a transfer")
         p.add_argument("wallet", metavar="NAME")
         p.add_argument("--to", required=True, metavar="ADDRESS")
         p.add_argument("--amount", required=True, type=int, metavar="UAIT")
@@ -87,7 +88,7 @@ class Command(BaseCommand):
         self._password_arguments(p)
         p.add_argument("--json", action="store_true")
 
-        p = actions.add_parser("sign", help="sign a transaction given as JSON fields without signature")
+        p = add("sign", help="sign a transaction given as JSON fields without signature")
         p.add_argument("wallet", metavar="NAME")
         p.add_argument("--tx", required=True, metavar="FILE_OR_-", help="JSON fields of the transaction; - for stdin")
         self._password_arguments(p)
