@@ -1,0 +1,147 @@
+"""Settings come from the environment, and a bad value stops start-up naming its variable.
+
+Settings are read once at import, so each case runs a fresh interpreter with a clean
+environment (no DATABASE_URL or REDIS_URL from this run) and its own data directory.
+"""
+
+from __future__ import annotations
+
+import secrets
+import stat
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import PROJECT_ROOT, clean_env, manage_argv
+
+pytestmark = pytest.mark.process
+
+SETUP_DJANGO = "import django, os; os.environ['DJANGO_SETTINGS_MODULE'] = 'aitbc_site.settings'; django.setup()"
+PRINT_SECRET_KEY = SETUP_DJANGO + "; from django.conf import settings; print(settings.SECRET_KEY)"
+
+
+def random_secret(length: int = 64) -> str:
+    alphabet = string.ascii_letters + string.digits + "!@#%^&*(-_=+)"
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+GOOD_KEY = random_secret()
+
+
+def run_python(code: str, data_dir: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=PROJECT_ROOT,
+        env=clean_env(AITBC_DATA_DIR=data_dir, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        pytest.param({"PORT": "abc"}, "PORT", id="port-not-a-number"),
+        pytest.param({"PORT": "0"}, "PORT", id="port-zero"),
+        pytest.param({"DATABASE_URL": "mysql://user@127.0.0.1/aitbc"}, "DATABASE_URL", id="database-mysql"),
+        pytest.param({"DATABASE_URL": "nonsense"}, "DATABASE_URL", id="database-nonsense"),
+        pytest.param({"REDIS_URL": "http://x"}, "REDIS_URL", id="redis-http"),
+        pytest.param({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL", id="log-level-unknown"),
+        pytest.param({"AITBC_ENV": "production", "ALLOWED_HOSTS": "example.com"}, "SECRET_KEY", id="prod-no-key"),
+        pytest.param(
+            {"AITBC_ENV": "production", "SECRET_KEY": "short", "ALLOWED_HOSTS": "example.com"},
+            "SECRET_KEY",
+            id="prod-short-key",
+        ),
+        pytest.param({"AITBC_ENV": "production", "SECRET_KEY": GOOD_KEY}, "ALLOWED_HOSTS", id="prod-no-hosts"),
+        pytest.param(
+            {"AITBC_ENV": "production", "SECRET_KEY": GOOD_KEY, "ALLOWED_HOSTS": "example.com", "DEBUG": "1"},
+            "DEBUG",
+            id="prod-debug-on",
+        ),
+        pytest.param({"DEBUG": "maybe"}, "DEBUG", id="debug-not-a-boolean"),
+        pytest.param({"SECRET_KEY_FILE": "/nonexistent/aitbc/secret"}, "SECRET_KEY_FILE", id="secret-file-missing"),
+        pytest.param({"AITBC_ENV": "staging"}, "AITBC_ENV", id="unknown-environment"),
+    ],
+)
+def test_bad_variable_stops_startup_with_an_error_naming_it(tmp_path: Path, env: dict[str, str], variable: str) -> None:
+    result = run_python(SETUP_DJANGO, tmp_path, **env)
+
+    assert result.returncode != 0, f"start-up succeeded with {env}"
+    # The traceback quotes settings.py, which names every variable; the error itself is
+    # the last line, and that is where the variable must be named.
+    error = last_line(result.stderr)
+    assert error.startswith("django.core.exceptions.ImproperlyConfigured:"), result.stderr
+    assert variable in error, result.stderr
+
+
+def test_production_key_too_short_is_refused_even_from_a_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("django-insecure-" + "x" * 60)
+
+    result = run_python(
+        SETUP_DJANGO, tmp_path / "data", AITBC_ENV="production", SECRET_KEY_FILE=str(key_file), ALLOWED_HOSTS="a.b"
+    )
+
+    assert result.returncode != 0
+    assert "SECRET_KEY" in last_line(result.stderr)
+
+
+def test_secret_key_is_read_from_the_file_a_file_variable_names(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(GOOD_KEY + "\n")
+
+    result = run_python(PRINT_SECRET_KEY, tmp_path / "data", SECRET_KEY_FILE=str(key_file))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == GOOD_KEY
+
+
+def test_generated_secret_key_is_private_and_reused(tmp_path: Path) -> None:
+    first = run_python(PRINT_SECRET_KEY, tmp_path)
+    assert first.returncode == 0, first.stderr
+    key_file = tmp_path / "secret_key"
+
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = first.stdout.strip()
+    assert len(key) >= 50
+    assert key == key_file.read_text().strip()
+
+    second = run_python(PRINT_SECRET_KEY, tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == key
+
+
+def test_each_data_directory_gets_its_own_secret_key(tmp_path: Path) -> None:
+    one = run_python(PRINT_SECRET_KEY, tmp_path / "one")
+    two = run_python(PRINT_SECRET_KEY, tmp_path / "two")
+
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert one.stdout.strip() != two.stdout.strip()
+
+
+def test_production_settings_pass_the_deployment_checklist(tmp_path: Path) -> None:
+    result = subprocess.run(
+        manage_argv("check", "--deploy", "--fail-level", "WARNING"),
+        cwd=PROJECT_ROOT,
+        env=clean_env(
+            AITBC_DATA_DIR=tmp_path, AITBC_ENV="production", SECRET_KEY=GOOD_KEY, ALLOWED_HOSTS="example.com"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout, result.stdout + result.stderr
+    # Production never writes a generated key: SECRET_KEY is required there.
+    assert not (tmp_path / "secret_key").exists()
