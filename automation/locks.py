@@ -40,7 +40,9 @@ from automation.gitea import GiteaClient
 logger = logging.getLogger(__name__)
 
 CLAIM_PREFIX = "claim/"
-_CLAIM_MARKER = re.compile(r"<!-- aitbc:claim agent=(?P<agent>[^\s>]+)(?: nonce=(?P<nonce>[0-9a-f]+))? -->")
+# The marker stays the same when the winner edits its comment into the final
+# one: a slow loser deciding later must still count the winner's comment.
+_CLAIM_MARKER = re.compile(r"<!-- aitbc:claim agent=(?P<agent>[^\s>]+)(?: nonce=(?P<nonce>[^\s>]+))? -->")
 
 
 class LockError(Exception):
@@ -64,7 +66,6 @@ def parse_claim_marker(body: str) -> str | None:
 class ClaimComment:
     id: int
     agent: str
-    author: str
 
 
 @dataclass
@@ -110,7 +111,7 @@ class GiteaCommentLock:
             agent = parse_claim_marker(comment.get("body", ""))
             author = (comment.get("user") or {}).get("login", "")
             if agent and author in self.agents and comment["id"] > above:
-                comments.append(ClaimComment(id=comment["id"], agent=author, author=author))
+                comments.append(ClaimComment(id=comment["id"], agent=author))
         return sorted(comments, key=lambda c: c.id)
 
     def high_water(self, issue: int) -> int:
@@ -196,8 +197,10 @@ class GitRefLock:
         return result
 
     def _ensure_repo(self) -> None:
-        if not (self.workdir / "HEAD").exists():
-            self.workdir.mkdir(parents=True, exist_ok=True)
+        # Any local repository will do (a clone of the remote, or a scratch
+        # bare one): it only holds the claim commits before they are pushed.
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self._git("rev-parse", "--git-dir", check=False).returncode != 0:
             self._git("init", "--quiet", "--bare")
 
     def claimed_issues(self) -> set[int]:
