@@ -19,7 +19,7 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -239,7 +239,9 @@ def lease_release(*, name: str, token: str) -> None:
         JobLease.objects.filter(name=name, holder=token).update(holder="", expires_at=None)
 
 
-def _run_job(job: str, *, trigger: str, dry_run: bool, body, enabled: bool) -> Run:
+def _run_job(
+    job: str, *, trigger: str, dry_run: bool, body: Callable[[AutomationConfig, RunLog], None], enabled: bool
+) -> Run:
     config = config_get()
     run = run_start(job=job, trigger=trigger, dry_run=dry_run)
     log = RunLog(dry_run=dry_run)
@@ -375,7 +377,7 @@ class _ClaimPass:
                     reason=f"{holder} holds the claim",
                 )
                 self.log.add("lose", f"#{claim.issue_number}", f"{holder} holds the claim (found on resume)")
-            elif self.client.get_branch(claim_branch(claim.issue_number)) is None:
+            elif isinstance(self.lock, GitRefLock) or self.client.get_branch(claim_branch(claim.issue_number)) is None:
                 # Never got as far as the branch: start over as a fresh candidate.
                 Claim.objects.filter(pk=claim.pk).delete()
             else:
@@ -418,14 +420,16 @@ class _ClaimPass:
         number = issue["number"]
         title = issue.get("title", "")
         body = f"{claim_marker(self.agent, secrets.token_hex(4))}\nClaiming #{number} for **{self.agent}**."
-        claim = claim_save(
+        # The mark is read before the branch is created: see locks.GiteaCommentLock.
+        mark = self.lock.high_water(number) if isinstance(self.lock, GiteaCommentLock) else 0
+        claim_save(
             repo=self.repo,
             issue_number=number,
             title=title[:500],
             agent=self.agent,
             status=Claim.LOCKING,
             lock_backend=self.lock.name,
-            high_water=0,
+            high_water=mark,
             claim_branch=claim_branch(number),
             work_branch=work_branch_name(self.agent, number, title),
             comment_id=None,
@@ -433,8 +437,6 @@ class _ClaimPass:
             reason="",
         )
         if isinstance(self.lock, GiteaCommentLock):
-            mark = self.lock.high_water(number)
-            claim = claim_save(repo=self.repo, issue_number=number, high_water=mark)
             if not self.client.create_branch(claim_branch(number), from_ref=self.config.base_branch):
                 claim_save(repo=self.repo, issue_number=number, status=Claim.LOST, reason="claim branch exists")
                 self.log.add("skip", f"#{number}", "claim branch already exists (409): claimed by someone else")
@@ -490,7 +492,7 @@ class _ClaimPass:
                 self.client.set_assignees(number, [*logins, self.agent])
         text = (
             f"{claim_marker(self.agent, 'final')}\nClaimed by **{self.agent}**: work happens on branch `{work}`.\n"
-            f"(The lock is the branch `{claim_branch(number)}`; see docs/automation.md.)"
+            f"(The claim lock is `{claim_branch(number)}`; see docs/automation.md.)"
         )
         comment_id = claim.comment_id or self.own_claim_comment(number)
         if comment_id is None:
@@ -608,15 +610,23 @@ class _MonitorPass:
     def run(self) -> None:
         pulls = self.client.list_pulls(state="open")
         self.open_heads = {(pr.get("head") or {}).get("ref", "") for pr in pulls}
+        errors = []
         for pr in pulls:
             state = self.state_for(pr)
             state.state = "open"
-            if state.role == PullRequestState.ROLE_OWN:
-                self.own(pr, state)
-            elif state.role == PullRequestState.ROLE_SIBLING:
-                self.sibling_pr(pr, state)
+            try:
+                if state.role == PullRequestState.ROLE_OWN:
+                    self.own(pr, state)
+                elif state.role == PullRequestState.ROLE_SIBLING:
+                    self.sibling_pr(pr, state)
+            except GiteaError as exc:
+                # One PR Gitea refuses to act on must not hold up the others.
+                self.log.add("error", f"PR #{pr['number']}", str(exc))
+                errors.append(f"PR #{pr['number']}: {exc}")
             self.save(state)
         self.closed(open_numbers={pr["number"] for pr in pulls})
+        if errors:
+            raise AutomationError("; ".join(errors))
 
     # -------------------------------------------------------------- own PRs
 
@@ -790,7 +800,13 @@ class _MonitorPass:
     def closed(self, *, open_numbers: set[int]) -> None:
         candidates: dict[int, dict] = {}
         for state in PullRequestState.objects.filter(repo=self.repo, state="open").exclude(number__in=open_numbers):
-            candidates[state.number] = self.client.get_pull(state.number)
+            try:
+                candidates[state.number] = self.client.get_pull(state.number)
+            except GiteaError as exc:
+                if exc.status != 404:
+                    raise
+                state.state = "closed"  # deleted from the forge
+                self.save(state)
         # Also the most recently closed page, for PRs opened and closed between passes.
         for pr in self.client.list_pulls(state="closed", sort="recentclose", max_pages=1):
             candidates.setdefault(pr["number"], pr)
@@ -908,15 +924,23 @@ def webhook_receive(*, body: bytes, headers: dict[str, str]) -> WebhookResult:
                 delivery_id=delivery_id[:100], event=event[:60], action=action, queued_job=job
             )
             if job == Run.JOB_CLAIM:
-                transaction.on_commit(lambda: tasks.claim_task.delay(trigger="webhook"))
+                transaction.on_commit(lambda: _queue(tasks.claim_task))
             elif job == Run.JOB_MONITOR:
-                transaction.on_commit(lambda: tasks.monitor_prs.delay(trigger="webhook"))
+                transaction.on_commit(lambda: _queue(tasks.monitor_prs))
     except IntegrityError:
         return WebhookResult(200, {"status": "duplicate", "delivery": delivery_id})
     WebhookDelivery.objects.filter(received_at__lt=timezone.now() - DELIVERY_RETENTION).delete()
     if not job:
         return WebhookResult(200, {"status": "ignored", "event": event})
     return WebhookResult(202, {"status": "queued", "job": job, "delivery": delivery_id})
+
+
+def _queue(task: Any) -> None:
+    try:
+        task.delay(trigger="webhook")
+    except Exception:
+        # The delivery is recorded; the next beat pass does the work instead.
+        logger.exception("could not queue %s for a webhook", task.name)
 
 
 def webhook_install(*, url: str, client: GiteaClient | None = None) -> dict:

@@ -241,3 +241,16 @@ def test_auto_merge_merges_an_approved_green_own_pr_once(gitea: GiteaStandIn, co
     assert '"merge_when_checks_succeed": true' in body
     services.monitor_prs_run()
     assert len(gitea.calls("POST", r"/merge$")) == 1
+
+
+def test_a_pr_gitea_refuses_to_act_on_does_not_hold_up_the_others(
+    gitea: GiteaStandIn, config: AutomationConfig, matrix
+):
+    gitea.inject("POST", rf"/pulls/{matrix['own']}/requested_reviewers$", 422)
+    run = services.monitor_prs_run()
+    assert run.status == Run.ERROR and f"PR #{matrix['own']}" in run.error
+    assert [r["state"] for r in _reviews(gitea, matrix["green"])] == ["APPROVED"]
+    assert f"{SIBLING}/9-done" not in gitea.branches
+    # The next pass asks again and succeeds.
+    assert services.monitor_prs_run().status == Run.OK
+    assert gitea.pulls[matrix["own"]].requested == [SIBLING]

@@ -140,3 +140,14 @@ def test_the_secret_can_come_from_the_environment(client, db, queued, monkeypatc
     monkeypatch.setenv("GITEA_WEBHOOK_SECRET", "from-env")
     response = _post(client, {"zen": "x"}, event="ping", key="from-env")
     assert response.status_code == 200
+
+
+def test_a_broker_failure_does_not_fail_the_delivery(client, secret, monkeypatch, django_capture_on_commit_callbacks):
+    def broken(**kwargs):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(tasks.monitor_prs, "delay", broken)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = _post(client, _pr_event(), event="pull_request")
+    assert response.status_code == 202
+    assert WebhookDelivery.objects.count() == 1
