@@ -158,3 +158,23 @@ def test_the_beat_tasks_run_the_same_service(gitea: GiteaStandIn, config: Automa
     assert run.trigger == "beat" and run.status == "ok" and run.actions[0]["action"] == "claim"
     run = Run.objects.get(pk=tasks.monitor_prs.apply().get())
     assert run.job == "monitor_prs" and run.status == "ok"
+
+
+def test_the_webhook_is_installed_once_with_the_configured_secret(
+    gitea: GiteaStandIn, config: AutomationConfig, capsys
+):
+    services.config_set_webhook_secret(config=config, secret="hook-secret")
+    url = "https://aitbc.example.org/v1/automation/webhook"
+    call_command("automation_webhook", "--url", url)
+    call_command("automation_webhook", "--url", url)
+    assert len(gitea.hooks) == 1
+    hook = gitea.hooks[1]
+    assert hook["config"]["url"] == url and hook["active"] and "pull_request" in hook["events"]
+    body = gitea.calls("POST", r"/hooks$")[0][3]
+    assert '"secret": "hook-secret"' in body and '"content_type": "json"' in body
+    assert "webhook 1 ->" in capsys.readouterr().out
+
+
+def test_installing_the_webhook_needs_a_secret(gitea: GiteaStandIn, config: AutomationConfig):
+    with pytest.raises(CommandError, match="webhook secret"):
+        call_command("automation_webhook", "--url", "https://x.example.org/v1/automation/webhook")
