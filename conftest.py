@@ -37,15 +37,20 @@ T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
-def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix: None, request: pytest.FixtureRequest
+) -> None:
     """Give each test run its own test database.
 
     Several people (and agents) run the suite at once on one machine against the same
     PostgreSQL server and data directory; with the fixed names ``test_<NAME>`` and
     ``<data dir>/test-aitbc.sqlite3`` one run would drop or overwrite another's database.
+    With ``--reuse-db`` the fixed names stay, so the database can be found again.
     """
     from django.conf import settings
 
+    if request.config.getoption("reuse_db", default=False):
+        return
     suffix = f"run{os.getpid()}"
     for db_settings in settings.DATABASES.values():
         test = db_settings.setdefault("TEST", {})
