@@ -88,3 +88,27 @@ def test_requests_carry_token_auth(gitea: GiteaStandIn, gitea_client: GiteaClien
     assert caught.value.status == 401
     gitea.violations.clear()  # 401 is real Gitea behaviour the spec does not list
     assert gitea_client.get_branch("main")["name"] == "main"
+
+
+def test_a_pull_request_whose_answer_was_lost_is_found_by_its_branch(gitea: GiteaStandIn, gitea_client: GiteaClient):
+    gitea_client.create_branch(f"{AGENT}/5-thing", from_ref="main")
+    gitea.inject("POST", r"/pulls$", 502, after=True)
+    pr = gitea_client.create_pull(head=f"{AGENT}/5-thing", base="main", title="Thing")
+    assert pr["head"]["ref"] == f"{AGENT}/5-thing"
+    assert len(gitea.pulls) == 1 and len(gitea.calls("POST", r"/pulls$")) == 1
+    assert gitea_client.find_pull_by_branch(f"{AGENT}/5-thing")["number"] == pr["number"]
+
+
+def test_assignable_users_and_labels_are_listed(gitea: GiteaStandIn, gitea_client: GiteaClient):
+    gitea.add_label("task")
+    assert {u["login"] for u in gitea_client.list_assignees()} >= {AGENT, "aitbc"}
+    assert [label["name"] for label in gitea_client.list_labels()] == ["task"]
+
+
+def test_files_of_a_pull_request_and_their_content_at_its_head(gitea: GiteaStandIn, gitea_client: GiteaClient):
+    number = gitea.add_pull(author=AGENT, head_ref=f"{AGENT}/6-x", files={"pkg/mod.py": "x = 1\n", "old.py": None})
+    sha = gitea_client.get_pull(number)["head"]["sha"]
+    files = {f["filename"]: f["status"] for f in gitea_client.pull_files(number)}
+    assert files == {"pkg/mod.py": "added", "old.py": "deleted"}
+    assert gitea_client.raw_file("pkg/mod.py", ref=sha) == b"x = 1\n"
+    assert gitea_client.raw_file("pkg/missing.py", ref=sha) is None
