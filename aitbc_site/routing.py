@@ -1,7 +1,13 @@
 from django.urls import path
 
 from aitbc_site.consumers import EventsConsumer
+from marketplace.consumers import ProviderConsumer
 
 websocket_urlpatterns = [
     path("ws/events/", EventsConsumer.as_asgi()),
+]
+
+# Routed outside the origin check (see asgi.py): providers authenticate by signature.
+provider_websocket_urlpatterns = [
+    path("ws/provider/", ProviderConsumer.as_asgi()),
 ]

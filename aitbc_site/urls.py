@@ -14,4 +14,5 @@ urlpatterns = [
     path("", include("automation.urls")),
     path("", include("chain.urls")),
     path("", include("wallet.urls")),
+    path("", include("marketplace.urls")),
 ]

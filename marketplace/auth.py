@@ -1,0 +1,86 @@
+"""Who is calling: clients (sessions, later API keys), providers (bearer tokens), job tokens.
+
+``CLIENT_AUTHENTICATION_CLASSES`` is the hook for the gateway's API keys: append an
+authentication class to this list (the same list object) at start-up and every client
+endpoint of the marketplace accepts it.
+"""
+
+from __future__ import annotations
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication, get_authorization_header
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.throttling import AnonRateThrottle
+
+from marketplace import conf
+from marketplace.models import Provider
+from marketplace.services.providers import provider_by_token
+
+CLIENT_AUTHENTICATION_CLASSES: list[type[BaseAuthentication]] = [SessionAuthentication]
+
+# Anonymous clients (paying with their own escrow_tx) read their job with this header.
+JOB_TOKEN_HEADER = "X-AITBC-Job-Token"
+
+
+def job_token(request: Request) -> str | None:
+    value = request.headers.get(JOB_TOKEN_HEADER, "").strip()
+    return value or None
+
+
+class ProviderTokenAuthentication(BaseAuthentication):
+    """``Authorization: Bearer <token>`` from ``POST /v1/providers/register``."""
+
+    def authenticate(self, request: Request):
+        scheme, _, token = get_authorization_header(request).decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        provider = provider_by_token(token.strip())
+        if provider is None:
+            raise AuthenticationFailed("unknown provider token: register again")
+        from django.contrib.auth.models import AnonymousUser
+
+        return AnonymousUser(), provider
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="providers"'
+
+
+class IsProvider(BasePermission):
+    message = "a provider's bearer token is required"
+
+    def has_permission(self, request: Request, view) -> bool:
+        return isinstance(request.auth, Provider)
+
+
+class PublicRateThrottle(AnonRateThrottle):
+    """The public endpoints' rate per client address (``AITBC_MARKET_PUBLIC_RATE``)."""
+
+    scope = "marketplace_public"
+
+    def get_rate(self) -> str:
+        return conf.PUBLIC_RATE
+
+    def allow_request(self, request, view) -> bool:
+        # Counted per address for everyone: logged-in users read the public lists too.
+        if self.rate is None:
+            return True
+        self.key = self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+        self.history = self.cache.get(self.key, [])
+        self.now = self.timer()
+        while self.history and self.history[-1] <= self.now - self.duration:
+            self.history.pop()
+        if len(self.history) >= self.num_requests:
+            return self.throttle_failure()
+        return self.throttle_success()
+
+
+class ProviderTokenScheme(OpenApiAuthenticationExtension):
+    """How the OpenAPI schema shows the provider token."""
+
+    target_class = ProviderTokenAuthentication
+    name = "providerToken"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "token from POST /v1/providers/register"}

@@ -1,0 +1,109 @@
+"""``/ws/provider/``: a provider's push channel (docs/marketplace.md).
+
+Providers are programs, not browsers: this route is not behind the origin check (see
+``aitbc_site/asgi.py``) and proves who is calling by a signed hello instead. The
+consumer joins the provider's group, where dispatch sends its jobs and cancels, and
+hands every provider message to the same services as the HTTP fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from aitbc_site.errors import ApiError
+from chain.protocol.encoding import parse_strict
+from chain.protocol.errors import ProtocolError
+from marketplace.services import messages, providers
+
+logger = logging.getLogger("aitbc.marketplace.ws")
+
+HELLO_TIMEOUT_S = 10
+CLOSE_AUTH_REFUSED = 4401
+CLOSE_NOT_REGISTERED = 4403
+CLOSE_MALFORMED = 4400
+MAX_FRAME = 2 * 1024 * 1024
+
+
+class ProviderConsumer(AsyncJsonWebsocketConsumer):
+    address: str | None = None
+    _hello_timer: asyncio.TimerHandle | None = None
+
+    async def connect(self) -> None:
+        await self.accept()
+        self._hello_timer = asyncio.get_running_loop().call_later(
+            HELLO_TIMEOUT_S, lambda: asyncio.ensure_future(self._no_hello())
+        )
+
+    async def _no_hello(self) -> None:
+        if self.address is None:
+            await self.close(code=CLOSE_AUTH_REFUSED)
+
+    @classmethod
+    async def decode_json(cls, text_data: str) -> Any:
+        # Providers speak the protocol: strict JSON (integers only, no duplicate keys).
+        return parse_strict(text_data)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs) -> None:
+        if text_data is None or len(text_data) > MAX_FRAME:
+            await self.close(code=CLOSE_MALFORMED)
+            return
+        try:
+            content = await self.decode_json(text_data)
+        except ProtocolError as exc:
+            if self.address is None:
+                await self.close(code=CLOSE_AUTH_REFUSED)
+            else:
+                await self.send_json({"type": "error", "error": {"code": exc.code, "message": exc.message}})
+            return
+        await self.receive_json(content)
+
+    async def receive_json(self, content: Any, **kwargs) -> None:
+        if self.address is None:
+            await self._hello(content)
+            return
+        try:
+            await database_sync_to_async(messages.provider_message)(provider=self.address, message=content)
+        except ApiError as exc:
+            job_id = content.get("job_id") if isinstance(content, dict) else None
+            await self.send_json({"type": "error", "job_id": job_id, "error": exc.as_dict()["error"]})
+
+    async def _hello(self, content: Any) -> None:
+        if not isinstance(content, dict) or content.get("type") != "hello":
+            await self.close(code=CLOSE_AUTH_REFUSED)
+            return
+        signed = {"auth": content.get("auth"), "signature": content.get("signature")}
+        try:
+            provider = await database_sync_to_async(providers.provider_connect)(signed)
+        except providers.NotRegistered:
+            await self.close(code=CLOSE_NOT_REGISTERED)
+            return
+        except ApiError:
+            await self.close(code=CLOSE_AUTH_REFUSED)
+            return
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        self.address = provider.address
+        # Join the group before going online: a job assigned from then on reaches this socket.
+        await self.channel_layer.group_add(providers.provider_group(self.address), self.channel_name)
+        active = content.get("active")
+        await database_sync_to_async(providers.provider_connected)(
+            address=self.address, active=active if type(active) is int else None
+        )
+        await self.send_json({"type": "welcome", "provider": self.address})
+
+    async def disconnect(self, code: int) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        if self.address is None:
+            return
+        await self.channel_layer.group_discard(providers.provider_group(self.address), self.channel_name)
+        await database_sync_to_async(providers.provider_disconnected)(address=self.address)
+
+    async def event_message(self, message: dict) -> None:
+        """A job or cancel for this provider, from dispatch (``send_event`` to its group)."""
+        await self.send_json(message["event"])

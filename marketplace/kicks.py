@@ -1,0 +1,42 @@
+"""Enqueueing the coordinator's Celery tasks once the current transaction commits.
+
+Every write path that creates work for a task (a funded job to dispatch, a transaction
+to send) calls one of these, so no job waits for a beat tick; beat only catches what a
+lost message missed. ``enqueue`` is the single point tests replace to run tasks inline.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import transaction
+
+logger = logging.getLogger("aitbc.marketplace")
+
+
+def enqueue(task_name: str, *args: Any) -> None:
+    """Send ``task_name`` to the workers now (not transactional: see ``on_commit``)."""
+    from aitbc_site.celery import app
+
+    try:
+        app.send_task(task_name, args=args)
+    except Exception:  # a lost kick is caught up by beat; it must never break the write path
+        logger.exception("could not enqueue %s", task_name)
+
+
+def on_commit(task_name: str, *args: Any) -> None:
+    # Looked up at call time so a test's replacement of ``enqueue`` is honoured.
+    transaction.on_commit(lambda: enqueue(task_name, *args))
+
+
+def outbox() -> None:
+    on_commit("marketplace.outbox_process")
+
+
+def dispatch_job(job_id: str) -> None:
+    on_commit("marketplace.dispatch_job", job_id)
+
+
+def dispatch_pending() -> None:
+    on_commit("marketplace.dispatch_pending")

@@ -1,0 +1,51 @@
+"""Job state changes: recorded (``JobEvent``) and announced after commit.
+
+Every transition is a conditional UPDATE on the job's current state, so a transition
+that lost a race (two workers, a late provider message) changes nothing and says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils import timezone
+
+from aitbc_site.events import EVENTS_GROUP, send_event_on_commit, user_group
+from marketplace.models import Job, JobEvent
+
+
+def record(job: Job, state: str, reason: str = "", *, provider: str = "") -> None:
+    """Add a line to the job's history (and tell its owner) without changing its state."""
+    JobEvent.objects.create(job=job, state=state, reason=reason[:300], provider=provider, at=timezone.now())
+    _announce(job, state, reason)
+
+
+def transition(job: Job, *, to: str, from_states: tuple[str, ...], reason: str = "", **fields: Any) -> bool:
+    """Move ``job`` to ``to`` if it is still in one of ``from_states``; False if it is not.
+
+    ``fields`` are saved with the change. The caller holds the job's row lock (see
+    ``models``) and has checked the state; the condition makes a stale view harmless.
+    """
+    now = timezone.now()
+    updated = Job.objects.filter(pk=job.pk, state__in=from_states).update(
+        state=to, reason=reason[:300], updated_at=now, **fields
+    )
+    if not updated:
+        return False
+    job.state, job.reason = to, reason[:300]
+    for name, value in fields.items():
+        setattr(job, name, value)
+    provider = fields["provider"].pk if fields.get("provider") is not None else (job.provider_id or "")
+    JobEvent.objects.create(job=job, state=to, reason=reason[:300], provider=provider, at=now)
+    _announce(job, to, reason)
+    return True
+
+
+def _announce(job: Job, state: str, reason: str) -> None:
+    if job.owner_id is not None:
+        send_event_on_commit(
+            user_group(job.owner_id),
+            {"type": "job", "job_id": job.id, "state": state, "reason": reason[:300], "model": job.model},
+        )
+    # The public feed says what happens in the market, never who asked what.
+    send_event_on_commit(EVENTS_GROUP, {"type": "jobs", "job_id": job.id, "state": state, "model": job.model})
