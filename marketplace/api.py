@@ -12,7 +12,6 @@ import logging
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -194,8 +193,8 @@ class ProviderPollView(AsyncProviderAPIView):
     async def post(self, request: Request) -> Response:
         """Long poll: wait up to 25 s for a job assigned to you (for providers without a websocket)."""
         address = self.provider.address
-        await database_sync_to_async(providers.provider_seen)(address=address, force=True)
-        job = await database_sync_to_async(dispatch.poll_claim)(provider=address)
+        await sync_to_async(providers.provider_seen)(address=address, force=True)
+        job = await sync_to_async(dispatch.poll_claim)(provider=address)
         if job is None:
             job = await _wait_for_job(address)
         if job is None:
@@ -223,8 +222,8 @@ async def _wait_for_job(address: str) -> dict[str, Any] | None:
             else:
                 await asyncio.sleep(step)
             # Waiting in a poll is being online.
-            await database_sync_to_async(providers.provider_seen)(address=address)
-            job = await database_sync_to_async(dispatch.poll_claim)(provider=address)
+            await sync_to_async(providers.provider_seen)(address=address)
+            job = await sync_to_async(dispatch.poll_claim)(provider=address)
             if job is not None:
                 return job
         return None
