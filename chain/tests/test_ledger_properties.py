@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from django.apps import apps
 from django.db.models import Count
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -36,7 +37,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from chain import services
 from chain.ledger import LedgerView, apply_transaction
-from chain.models import Account, Block, ChainState, Escrow, Transaction, Validator
+from chain.models import Account, Block, ChainState, Transaction
 from chain.protocol.keys import Key
 from chain.protocol.tx import NONCE_WINDOW, tx_id
 from chain.tests.harness import replayed_state, stored_state
@@ -146,7 +147,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         # Hypothesis runs many examples in one test: each starts from a fresh genesis.
-        for model in (Transaction, Block, Escrow, Account, Validator, ChainState):
+        for model in apps.get_app_config("chain").get_models():
             model.objects.all().delete()
         services.genesis_load(genesis=GENESIS)
         self.height = 0
