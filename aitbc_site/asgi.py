@@ -13,7 +13,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
-from aitbc_site.routing import provider_websocket_urlpatterns, websocket_urlpatterns  # noqa: E402
+from aitbc_site.routing import (  # noqa: E402
+    node_websocket_urlpatterns,
+    provider_websocket_urlpatterns,
+    websocket_urlpatterns,
+)
 
 application = ProtocolTypeRouter(
     {
@@ -23,6 +27,7 @@ application = ProtocolTypeRouter(
                 # Providers are programs, not browsers: no Origin to check and no session to
                 # protect; they prove who they are with a signed hello.
                 *provider_websocket_urlpatterns,
+                *node_websocket_urlpatterns,
                 re_path(r"", AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
             ]
         ),

@@ -17,9 +17,12 @@ SITE_SCHEDULE: dict[str, tuple[str, int]] = {
 }
 
 
-def declared_schedule() -> dict[str, tuple[str, int]]:
+def declared_schedule(app_names: set[str] | None = None) -> dict[str, tuple[str, int]]:
+    """The declared entries, of every app or only of ``app_names`` (the site's always)."""
     schedule = dict(SITE_SCHEDULE)
     for config in apps.get_app_configs():
+        if app_names is not None and config.name not in app_names:
+            continue
         try:
             module = importlib.import_module(f"{config.name}.tasks")
         except ModuleNotFoundError as exc:
@@ -31,12 +34,20 @@ def declared_schedule() -> dict[str, tuple[str, int]]:
 
 
 @transaction.atomic
-def sync_beat_schedule() -> list[str]:
-    """Create the declared periodic tasks that are missing; return their names."""
+def sync_beat_schedule(app_names: set[str] | None = None) -> list[str]:
+    """Create the declared periodic tasks that are missing; return their names.
+
+    With ``app_names`` (a node process runs only the chain's), the other apps'
+    declared entries are disabled in this database.
+    """
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
+    wanted = declared_schedule(app_names)
+    others = set(declared_schedule()) - set(wanted)
+    if others:
+        PeriodicTask.objects.filter(name__in=others, enabled=True).update(enabled=False)
     created = []
-    for name, (task, seconds) in declared_schedule().items():
+    for name, (task, seconds) in wanted.items():
         interval, _ = IntervalSchedule.objects.get_or_create(every=seconds, period=IntervalSchedule.SECONDS)
         _, was_created = PeriodicTask.objects.get_or_create(name=name, defaults={"task": task, "interval": interval})
         if was_created:

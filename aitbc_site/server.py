@@ -33,6 +33,7 @@ def run_server(
     worker_threads: int = 4,
     on_ready: Callable[[], None] | None = None,
     on_stop: Callable[[], None] | None = None,
+    beat_apps: set[str] | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM; in embedded mode also run Celery's worker and beat as threads."""
     # Importing daphne.server installs Twisted's asyncio reactor; it must
@@ -45,7 +46,7 @@ def run_server(
     from aitbc_site.celery import app as celery_app
     from aitbc_site.events import register_server_loop
 
-    sync_beat_schedule()
+    sync_beat_schedule(beat_apps)
     worker = None
     if settings.EMBEDDED and embedded_worker:
         worker = embedded.EmbeddedCelery(celery_app, concurrency=worker_threads)

@@ -186,6 +186,10 @@ if REDIS_URL and REDIS_URL.startswith("rediss://"):
 
 # Chain node
 CHAIN_MEMPOOL_MAX = env_int("AITBC_MEMPOOL_MAX", 200_000, minimum=1)
+# Fault-injection switches for the process-level tests (a partition, a double signer); never in production.
+TEST_HOOKS = env_bool("AITBC_TEST_HOOKS", False)
+if PRODUCTION and TEST_HOOKS:
+    raise ImproperlyConfigured("AITBC_TEST_HOOKS cannot be on when AITBC_ENV=production")
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from chain.models import Account, Block, ChainState, Escrow, Transaction, Validator
+from chain.models import Account, Block, ChainState, Escrow, Evidence, Transaction, Validator
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -29,8 +29,9 @@ class ChainStateAdmin(ReadOnlyAdmin):
 
 @admin.register(Validator)
 class ValidatorAdmin(ReadOnlyAdmin):
-    list_display = ("address", "power", "pubkey")
-    search_fields = ("address", "pubkey")
+    list_display = ("address", "power", "effective_height", "reason")
+    search_fields = ("=address", "=pubkey")
+    ordering = ("-effective_height", "address")
 
 
 @admin.register(Block)
@@ -64,3 +65,9 @@ class EscrowAdmin(ReadOnlyAdmin):
     list_filter = ("status",)
     search_fields = ("=id", "=job_id", "=payer", "=arbiter")
     ordering = ("-opened_height",)
+
+
+@admin.register(Evidence)
+class EvidenceAdmin(ReadOnlyAdmin):
+    list_display = ("validator", "height", "included_height", "received_at")
+    search_fields = ("=validator",)

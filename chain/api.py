@@ -12,7 +12,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chain import selectors, services
-from chain.node import current_peers
 from chain.protocol.encoding import parse_strict
 from chain.protocol.errors import ProtocolError
 
@@ -60,7 +59,10 @@ class NodeView(APIView):
 class StatusView(NodeView):
     @extend_schema(summary="Chain status", responses={200: OpenApiTypes.OBJECT, 503: ERRORS[503]}, tags=["chain"])
     def get(self, request: Request) -> Response:
-        return Response(selectors.status(self.state(), peers=current_peers()))
+        from chain.network import driver
+
+        current = driver()
+        return Response(selectors.status(self.state(), peers=current.peers_info() if current else []))
 
 
 class SubmitView(NodeView):
@@ -76,6 +78,7 @@ class SubmitView(NodeView):
         [result] = services.mempool_admit(txs=[tx], chain_id=state.chain_id, min_fee=state.params["min_fee"])
         if result.error is not None:
             raise result.error
+        _gossip([tx])
         return Response({"id": result.id}, status=202)
 
 
@@ -95,6 +98,7 @@ class BatchView(NodeView):
         if len(txs) > services.MAX_BATCH:
             raise ProtocolError("malformed", f"a batch holds at most {services.MAX_BATCH} transactions, got {len(txs)}")
         results = services.mempool_admit(txs=txs, chain_id=state.chain_id, min_fee=state.params["min_fee"])
+        _gossip([tx for tx, r in zip(txs, results, strict=True) if r.error is None])
         return Response([r.as_dict() for r in results])
 
 
@@ -131,6 +135,9 @@ class BlocksView(NodeView):
         parameters=[
             OpenApiParameter("from", int, description="first height (default 1)"),
             OpenApiParameter("limit", int, description="at most this many (default 20, at most 1000)"),
+            OpenApiParameter(
+                "full", int, description="1: each item is {block: {header, txs, evidence}, commit}, for block sync"
+            ),
         ],
         responses={200: OpenApiTypes.OBJECT, 400: ERRORS[400]},
         tags=["chain"],
@@ -139,6 +146,8 @@ class BlocksView(NodeView):
         self.state()
         start = _query_int(request, "from", 1, 0, 2**53 - 1)
         limit = _query_int(request, "limit", 20, 1, 1000)
+        if request.query_params.get("full") in ("1", "true"):
+            return Response({"blocks": selectors.blocks_full_range(start, min(limit, 200))})
         return Response({"blocks": selectors.blocks_range(start, limit)})
 
 
@@ -151,6 +160,15 @@ class BlockView(NodeView):
         return Response(selectors.block_detail(height))
 
 
+def _gossip(txs: list) -> None:
+    """Pass transactions admitted here on to the other nodes (admission has committed)."""
+    from chain.network import driver
+
+    current = driver()
+    if current is not None and txs:
+        current.broadcast_txs(txs)
+
+
 def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
@@ -158,3 +176,26 @@ def _query_int(request: Request, name: str, default: int, low: int, high: int) -
     if not raw.isdigit() or not low <= int(raw) <= high:
         raise ProtocolError("malformed", f"query parameter {name} must be an integer in [{low}, {high}]")
     return int(raw)
+
+
+class TestPartitionView(NodeView):
+    """Fault injection for the process-level tests: stop gossip with the named nodes.
+
+    Answers 404 unless the node runs with ``AITBC_TEST_HOOKS=1`` (refused in production).
+    """
+
+    @extend_schema(exclude=True)
+    def post(self, request: Request) -> Response:
+        from django.conf import settings
+
+        from chain.network import driver
+
+        current = driver()
+        if not settings.TEST_HOOKS or current is None:
+            raise ProtocolError("not_found", "no such endpoint")
+        body = self.body(request)
+        blocked = body.get("block") if isinstance(body, dict) else None
+        if not isinstance(blocked, list) or not all(type(n) is str for n in blocked):
+            raise ProtocolError("malformed", "body is {block: [node ids]}")
+        current.gossip.blocked_nodes = set(blocked)
+        return Response({"blocked": sorted(blocked)})

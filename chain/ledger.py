@@ -42,6 +42,8 @@ class LedgerView:
     escrows: dict[str, EscrowState | None] = field(default_factory=dict)
     touched_accounts: set[str] = field(default_factory=set)
     touched_escrows: set[str] = field(default_factory=set)
+    validators: dict[str, tuple[str, int]] = field(default_factory=dict)
+    approvals: list[tuple[str, str, int, str]] = field(default_factory=list)
 
     def account(self, address: str) -> list[int]:
         entry = self.accounts.get(address)
@@ -145,6 +147,13 @@ def apply_transaction(
             new=True,
         )
         view.touched_escrows.add(tx_id)
+        return OK
+    if kind == "validator_update":
+        if sender not in view.validators:
+            return Outcome(True, "not_validator", "only a current validator may approve a validator set change")
+        # Recorded here; the change takes effect once validators holding more than 2/3
+        # of the power approved the same change (chain/blocks.py).
+        view.approvals.append((payload["validator"], payload["pubkey"], payload["power"], sender))
         return OK
     escrow = view.escrows.get(payload["escrow"])
     try:

@@ -36,12 +36,74 @@ class ChainState(models.Model):
 
 
 class Validator(models.Model):
-    address = models.CharField(max_length=64, primary_key=True)
-    pubkey = models.CharField(max_length=64, unique=True)
+    """The validator set's history: from ``effective_height`` on, ``address`` has ``power``.
+
+    The set at a height is, per address, its latest row at or below that height,
+    without those of power 0 (removed or jailed). Genesis rows take effect at height 1.
+    """
+
+    address = models.CharField(max_length=64)
+    pubkey = models.CharField(max_length=64)
     power = models.PositiveBigIntegerField()
+    effective_height = models.BigIntegerField()
+    reason = models.CharField(max_length=200, default="genesis")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["address", "effective_height"], name="validator_change_once_per_height")
+        ]
+        indexes = [models.Index(fields=["effective_height"], name="validator_effective")]
 
     def __str__(self) -> str:
-        return f"{self.address} ({self.power})"
+        return f"{self.address} power {self.power} from height {self.effective_height}"
+
+
+class ValidatorApproval(models.Model):
+    """One validator's ``validator_update`` transaction approving a change of the set."""
+
+    change = models.CharField(max_length=64, help_text="SHA-256 of the change's canonical JSON")
+    address = models.CharField(max_length=64)
+    pubkey = models.CharField(max_length=64)
+    power = models.PositiveBigIntegerField()
+    approver = models.CharField(max_length=64)
+    height = models.BigIntegerField()
+    applied = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["change", "approver"], name="approval_once_per_validator")]
+
+
+class Evidence(models.Model):
+    """Two conflicting signed votes of one validator at one height, round and step."""
+
+    id = models.CharField(max_length=64, primary_key=True, help_text="SHA-256 of the evidence's canonical JSON")
+    validator = models.CharField(max_length=64)
+    height = models.BigIntegerField(help_text="height of the conflicting votes")
+    votes = models.JSONField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    included_height = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["validator", "height"], name="evidence_once_per_height")]
+
+    def __str__(self) -> str:
+        return f"{self.validator} at height {self.height}"
+
+
+class SignerState(models.Model):
+    """What this node's validator key signed last, written before it signs.
+
+    Steps are ordered proposal < prevote < precommit; the key never signs at or below
+    the recorded (height, round, step) something other than what it signed there.
+    """
+
+    singleton = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    height = models.BigIntegerField(default=0)
+    round = models.BigIntegerField(default=0)
+    step = models.PositiveSmallIntegerField(default=0)
+    block_id = models.CharField(max_length=64, blank=True, default="")
+    signature = models.CharField(max_length=128, blank=True, default="")
+    locked = models.JSONField(null=True, blank=True, help_text="{height, round, block_id, block} of the current lock")
 
 
 class Account(models.Model):
@@ -113,6 +175,7 @@ class Block(models.Model):
     tx_ids = models.JSONField(help_text="ids of the included transactions, in order")
     results = models.JSONField(default=dict, help_text="{tx id: error code} for included transactions rejected")
     commit = models.JSONField()
+    evidence = models.JSONField(default=list, help_text="evidence of double signing the block carries")
     time = models.DateTimeField()
     proposer = models.CharField(max_length=64)
     tx_count = models.PositiveIntegerField()

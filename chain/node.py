@@ -9,6 +9,7 @@ tick cannot make two blocks at one height.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -32,8 +33,16 @@ def validator_key() -> Key | None:
     return _validator_key
 
 
-def current_peers() -> list[dict]:
-    return []
+def _announce(block) -> None:
+    """Send a block this node produced to its peers (followers apply it after checking its commit)."""
+    from chain.network import driver
+    from chain.selectors import block_full
+
+    current = driver()
+    if current is not None:
+        current.height = block.height
+    if current is not None and current.gossip.peers:
+        current.gossip.broadcast(json.dumps({"type": "block", **block_full(block)}, ensure_ascii=False))
 
 
 def producer() -> BlockProducer | None:
@@ -59,6 +68,7 @@ class BlockProducer(threading.Thread):
                 if block is not None:
                     self.last_block_at = time.time()
                     self.last_error = None
+                    _announce(block)
                     if block.tx_count:
                         logger.info("block %d: %d transactions, id %s", block.height, block.tx_count, block.id[:16])
             except Exception as exc:  # keep producing after a transient database error

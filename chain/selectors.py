@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from chain.models import Account, Block, ChainState, Escrow, Transaction, Validator
+from chain.models import Account, Block, ChainState, Escrow, Transaction
 from chain.protocol.block import format_time_ms
 from chain.protocol.errors import ProtocolError
 from chain.protocol.keys import decode_address
+from chain.validators import validators_detail
 
 
 def _time(moment) -> str:
@@ -16,9 +17,7 @@ def _time(moment) -> str:
 
 
 def status(state: ChainState, *, peers: list[dict] | None = None) -> dict[str, Any]:
-    validators = [
-        {"address": v.address, "pubkey": v.pubkey, "power": v.power} for v in Validator.objects.order_by("address")
-    ]
+    validators = validators_detail(state.height + 1)
     return {
         "chain_id": state.chain_id,
         "genesis_id": state.genesis_id,
@@ -89,3 +88,20 @@ def block_detail(height: int) -> dict[str, Any]:
 
 def blocks_range(start: int, limit: int) -> list[dict[str, Any]]:
     return [block_dict(b) for b in Block.objects.filter(height__gte=start).order_by("height")[:limit]]
+
+
+def block_full(block: Block) -> dict[str, Any]:
+    """A block as nodes exchange it: ``{block: {header, txs, evidence}, commit}``."""
+    bodies = dict(Transaction.objects.filter(id__in=block.tx_ids).values_list("id", "body"))
+    return {
+        "block": {
+            "header": block.header,
+            "txs": [json.loads(bodies[i]) for i in block.tx_ids],
+            "evidence": block.evidence,
+        },
+        "commit": block.commit,
+    }
+
+
+def blocks_full_range(start: int, limit: int) -> list[dict[str, Any]]:
+    return [block_full(b) for b in Block.objects.filter(height__gte=start).order_by("height")[:limit]]

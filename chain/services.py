@@ -24,12 +24,13 @@ from django.utils import timezone
 
 from aitbc_site.events import EVENTS_GROUP, send_event_on_commit
 from chain.ledger import EscrowState, LedgerView, apply_transaction, check_escrow_rules
-from chain.models import Account, Block, ChainState, Escrow, Transaction, Validator
+from chain.models import Account, Block, ChainState, Escrow, Evidence, Transaction, Validator, ValidatorApproval
 from chain.protocol import block as proto_block
 from chain.protocol.errors import ProtocolError
 from chain.protocol.keys import Key
-from chain.protocol.tx import NONCE_WINDOW, check_transaction, signature_valid
+from chain.protocol.tx import NONCE_WINDOW, check_transaction, sign_bytes, signature_valid, tx_id_of
 from chain.protocol.tx import Transaction as CheckedTx
+from chain.validators import VALSET_DELAY, change_id, validator_set_at
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,10 @@ def genesis_load(*, genesis: dict[str, Any]) -> tuple[ChainState, bool]:
         [Account(address=entry["address"], balance=entry["amount"], nonce=0) for entry in genesis["allocations"]]
     )
     Validator.objects.bulk_create(
-        [Validator(address=v["address"], pubkey=v["pubkey"], power=v["power"]) for v in genesis["validators"]]
+        [
+            Validator(address=v["address"], pubkey=v["pubkey"], power=v["power"], effective_height=1)
+            for v in genesis["validators"]
+        ]
     )
     state = ChainState.objects.create(
         chain_id=genesis["chain_id"],
@@ -216,6 +220,7 @@ def _admit_checked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, Admi
     revived: list[str] = []
     seq = state.mempool_seq + 1
     batch_ids: set[str] = set()
+    validators: dict[str, tuple[str, int]] | None = None
     for index, c in checked:
         try:
             if c.id in batch_ids:
@@ -260,6 +265,11 @@ def _admit_checked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, Admi
                         )
                 if c.type == "escrow_pay":
                     pending_pays[escrow_id] += c.payload["amount"]
+            if c.type == "validator_update":
+                if validators is None:
+                    validators = validator_set_at(height + 1)
+                if c.sender not in validators:
+                    raise ProtocolError("not_validator", "only a current validator may approve a validator set change")
             if pending_count + len(rows) >= MEMPOOL_MAX:
                 raise ProtocolError("mempool_full", "the mempool is full; retry later")
         except ProtocolError as exc:
@@ -322,6 +332,7 @@ class Candidate:
     fee: int
     type: str
     payload: dict[str, Any]
+    tx: dict[str, Any] | None = None
 
 
 def _select_candidates(limit: int) -> tuple[list[Candidate], list[str]]:
@@ -354,7 +365,8 @@ def _select_candidates(limit: int) -> tuple[list[Candidate], list[str]]:
         stale.extend(row[0] for nonce, row in txs.items() if nonce < expected)
         while expected in txs and len(chosen) < limit:
             row = txs[expected]
-            chosen.append(Candidate(row[0], row[1], row[2], row[3], row[4], json.loads(row[5])["payload"]))
+            tx = json.loads(row[5])
+            chosen.append(Candidate(row[0], row[1], row[2], row[3], row[4], tx["payload"], tx))
             expected += 1
         if len(chosen) >= limit:
             break
@@ -444,6 +456,7 @@ def block_produce(*, key: Key, now_ms: int | None = None) -> Block | None:
         height = state.height + 1
         candidates, stale = _select_candidates(state.params["max_block_txs"])
         view = _load_view(candidates, key.address)
+        view.validators = validator_set_at(height)
         included: list[str] = []
         results: dict[str, str] = {}
         rejected: list[tuple[str, str, str]] = []
@@ -493,6 +506,7 @@ def _store_block(
     dropped: list[tuple[str, str, str]],
     stale: list[str],
     view: LedgerView,
+    evidence: list | None = None,
 ) -> Block:
     height = header["height"]
     moment = datetime.fromtimestamp(header["time_ms"] / 1000, tz=UTC)
@@ -504,11 +518,13 @@ def _store_block(
         tx_ids=included,
         results=results,
         commit=commit,
+        evidence=evidence or [],
         time=moment,
         proposer=header["proposer"],
         tx_count=len(included),
     )
     _write_view(view)
+    _apply_approvals(view.approvals, height)
     table = Transaction._meta.db_table
     with connection.cursor() as cursor:
         committed = [tx_id for tx_id in included if tx_id not in results]
@@ -549,3 +565,308 @@ def _store_block(
         },
     )
     return block
+
+
+def _apply_approvals(approvals: list[tuple[str, str, int, str]], height: int) -> None:
+    """Record validator set approvals; a change approved by more than 2/3 of the power is scheduled."""
+    if not approvals:
+        return
+    current = validator_set_at(height)
+    total = sum(power for _pub, power in current.values())
+    for address, pubkey, power, approver in approvals:
+        cid = change_id(address, pubkey, power)
+        ValidatorApproval.objects.get_or_create(
+            change=cid,
+            approver=approver,
+            defaults={"address": address, "pubkey": pubkey, "power": power, "height": height},
+        )
+        pending = ValidatorApproval.objects.filter(change=cid, applied=False)
+        approved = sum(current.get(a.approver, ("", 0))[1] for a in pending)
+        if pending.exists() and 3 * approved > 2 * total:
+            effective = height + VALSET_DELAY
+            Validator.objects.update_or_create(
+                address=address,
+                effective_height=effective,
+                defaults={"pubkey": pubkey, "power": power, "reason": f"validator_update approved at height {height}"},
+            )
+            pending.update(applied=True)
+            logger.info("validator set change: %s power %d from height %d", address, power, effective)
+
+
+# -- multi-validator blocks: proposed, checked by every validator, committed with a commit --
+
+
+class BlockInvalid(Exception):
+    """A proposed or synced block breaks a rule; the message says which."""
+
+
+def block_build(*, proposer: str, round_: int, now_ms: int | None = None) -> tuple[str, dict[str, Any]]:
+    """A proposal for the next height from this node's mempool and pending evidence (no writes)."""
+    state = chain_state()
+    height = state.height + 1
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    last_ms = int(state.latest_block_time.timestamp() * 1000)
+    candidates, _stale = _select_candidates(state.params["max_block_txs"])
+    view = _load_view(candidates, proposer)
+    view.validators = validator_set_at(height)
+    txs = []
+    for c in candidates:
+        outcome = apply_transaction(
+            view,
+            tx_id=c.id,
+            sender=c.sender,
+            nonce=c.nonce,
+            fee=c.fee,
+            kind=c.type,
+            payload=c.payload,
+            height=height,
+            proposer=proposer,
+            min_escrow_blocks=state.params["min_escrow_blocks"],
+        )
+        if outcome.included:
+            txs.append(c.tx)
+    evidence = [e.votes for e in Evidence.objects.filter(included_height__isnull=True).order_by("height")[:20]]
+    evidence = [e for e in evidence if _evidence_problem(e, height) is None]
+    header = proto_block.block_header(
+        chain_id=state.chain_id,
+        height=height,
+        prev_id=state.latest_block_id,
+        time_ms=max(now_ms, last_ms + 1),
+        proposer=proposer,
+        tx_ids=[tx_id_of(sign_bytes(tx)) for tx in txs],
+        round=round_,
+        evidence_ids=[proto_block.evidence_id(e) for e in evidence],
+    )
+    return proto_block.block_id(header), {"header": header, "txs": txs, "evidence": evidence}
+
+
+def _evidence_problem(evidence: Any, height: int) -> str | None:
+    """Why ``evidence`` cannot be included at ``height``, or None when it can."""
+    from chain.consensus import Vote
+
+    state = chain_state()
+    if not isinstance(evidence, dict) or set(evidence) != {"votes"} or not isinstance(evidence["votes"], list):
+        return "evidence is {votes: [two votes]}"
+    if len(evidence["votes"]) != 2:
+        return "evidence holds exactly two votes"
+    try:
+        a, b = (Vote.from_message(v, state.chain_id) for v in evidence["votes"])
+    except (ValueError, TypeError, AttributeError) as exc:
+        return f"evidence vote malformed: {exc}"
+    if (a.validator, a.height, a.round, a.step) != (b.validator, b.height, b.round, b.step) or a.block_id == b.block_id:
+        return "evidence votes are not two different votes of one validator for one step"
+    if a.height >= height:
+        return "evidence is from a height not yet decided"
+    validators = validator_set_at(a.height)
+    if a.validator not in validators:
+        return "evidence names a validator outside the set at that height"
+    pubkey = validators[a.validator][0]
+    if not (
+        proto_block.verify_vote(pubkey, a.body(state.chain_id), a.signature)
+        and proto_block.verify_vote(pubkey, b.body(state.chain_id), b.signature)
+    ):
+        return "an evidence vote's signature does not verify"
+    if Evidence.objects.filter(validator=a.validator, height=a.height, included_height__isnull=False).exists():
+        return "this double signing is already punished"
+    return None
+
+
+def evidence_record(*, votes: dict[str, Any]) -> bool:
+    """Store evidence of double signing (idempotent); True when it is new and valid."""
+    state = chain_state()
+    problem = _evidence_problem(votes, state.height + 1)
+    if problem is not None:
+        return False
+    first = votes["votes"][0]
+    _, created = Evidence.objects.get_or_create(
+        validator=first["validator"],
+        height=first["vote"]["height"],
+        defaults={"id": proto_block.evidence_id(votes), "votes": votes},
+    )
+    return created
+
+
+def block_check(body: Any) -> str:
+    """Every rule a proposed block must meet to be the next block; returns its id.
+
+    Signatures of transactions already in this node's mempool were verified at
+    admission and are not verified again.
+    """
+    state = chain_state()
+    if not isinstance(body, dict) or set(body) != {"header", "txs", "evidence"}:
+        raise BlockInvalid("a block is {header, txs, evidence}")
+    header, txs, evidence = body["header"], body["txs"], body["evidence"]
+    if not isinstance(header, dict) or set(header) != proto_block.HEADER_FIELDS:
+        raise BlockInvalid("block header has the wrong fields")
+    if not isinstance(txs, list) or not isinstance(evidence, list):
+        raise BlockInvalid("block txs and evidence are lists")
+    height = state.height + 1
+    if header["chain_id"] != state.chain_id or header["height"] != height:
+        raise BlockInvalid(f"block is for {header['chain_id']} height {header['height']}, expected height {height}")
+    if header["prev_id"] != state.latest_block_id:
+        raise BlockInvalid("block does not extend this node's latest block")
+    if type(header["time_ms"]) is not int or header["time_ms"] <= int(state.latest_block_time.timestamp() * 1000):
+        raise BlockInvalid("block time is not after the previous block's")
+    if header["time_ms"] > int(time.time() * 1000) + 30_000:
+        raise BlockInvalid("block time is more than 30 s in the future")
+    validators = validator_set_at(height)
+    if header["proposer"] not in validators:
+        raise BlockInvalid("block proposer is not a validator at this height")
+    if header["tx_count"] != len(txs) or len(txs) > state.params["max_block_txs"]:
+        raise BlockInvalid("block tx_count is wrong or above max_block_txs")
+    try:
+        checked = [
+            check_transaction(tx, chain_id=state.chain_id, min_fee=state.params["min_fee"], verify_signature=False)
+            for tx in txs
+        ]
+    except ProtocolError as exc:
+        raise BlockInvalid(f"block transaction refused: {exc}") from None
+    ids = [c.id for c in checked]
+    if len(set(ids)) != len(ids) or proto_block.tx_root(ids) != header["tx_root"]:
+        raise BlockInvalid("block tx_root does not match its transactions")
+    known = set()
+    for chunk in _chunks(ids):
+        known.update(Transaction.objects.filter(id__in=chunk, status=Transaction.PENDING).values_list("id", flat=True))
+    unknown = [c for c in checked if c.id not in known]
+    if not all(verify_signatures(unknown)):
+        raise BlockInvalid("a block transaction's signature does not verify")
+    for item in evidence:
+        problem = _evidence_problem(item, height)
+        if problem is not None:
+            raise BlockInvalid(problem)
+    if proto_block.tx_root([proto_block.evidence_id(e) for e in evidence]) != header["evidence_root"]:
+        raise BlockInvalid("block evidence_root does not match its evidence")
+    candidates = [Candidate(c.id, c.sender, c.nonce, c.fee, c.type, c.payload, c.tx) for c in checked]
+    view = _load_view(candidates, header["proposer"])
+    view.validators = validators
+    for c in candidates:
+        outcome = apply_transaction(
+            view,
+            tx_id=c.id,
+            sender=c.sender,
+            nonce=c.nonce,
+            fee=c.fee,
+            kind=c.type,
+            payload=c.payload,
+            height=height,
+            proposer=header["proposer"],
+            min_escrow_blocks=state.params["min_escrow_blocks"],
+        )
+        if not outcome.included:
+            raise BlockInvalid(f"block transaction {c.id} cannot be applied: {outcome.code}")
+    return proto_block.block_id(header)
+
+
+def block_commit(*, body: dict[str, Any], commit: dict[str, Any]) -> Block:
+    """Apply a decided block with its commit, in one database transaction.
+
+    Idempotent: committing the block already at that height returns it. The
+    commit must hold precommits of more than 2/3 of the power at that height.
+    """
+    with transaction.atomic():
+        state = ChainState.objects.select_for_update().get(singleton=1)
+        header = body["header"]
+        bid = proto_block.block_id(header)
+        existing = Block.objects.filter(height=header["height"]).first()
+        if existing is not None:
+            if existing.id != bid:
+                raise BlockInvalid(f"a different block is already final at height {header['height']}")
+            return existing
+        if header["height"] != state.height + 1:
+            raise BlockInvalid(f"block {header['height']} does not follow height {state.height}")
+        try:
+            proto_block.verify_commit(
+                commit,
+                chain_id=state.chain_id,
+                height=header["height"],
+                block_id=bid,
+                validators=validator_set_at(header["height"]),
+            )
+        except ProtocolError as exc:
+            raise BlockInvalid(f"commit refused: {exc.message}") from None
+        block_check(body)
+        height = header["height"]
+        txs = body["txs"]
+        checked = [check_transaction(tx, chain_id=state.chain_id, min_fee=0, verify_signature=False) for tx in txs]
+        ids = [c.id for c in checked]
+        present: dict[str, tuple[str, int | None]] = {}
+        for chunk in _chunks(ids):
+            present.update(
+                (i, (st, h))
+                for i, st, h in Transaction.objects.filter(id__in=chunk).values_list("id", "status", "height")
+            )
+        # A pending transaction of this node with the sender and nonce of one in the block lost the race.
+        pairs = {(c.sender, c.nonce) for c in checked}
+        losers = [
+            tx_id
+            for tx_id, sender, nonce in Transaction.objects.filter(
+                status=Transaction.PENDING, sender__in=list({p[0] for p in pairs})
+            ).values_list("id", "sender", "nonce")
+            if (sender, nonce) in pairs and tx_id not in set(ids)
+        ]
+        if losers:
+            Transaction.objects.filter(id__in=losers).update(
+                status=Transaction.REJECTED,
+                error_code="duplicate",
+                error_message=f"another transaction with this sender and nonce was committed at height {height}",
+            )
+        revive = [i for i, (st, h) in present.items() if st == Transaction.REJECTED and h is None]
+        if revive:
+            Transaction.objects.filter(id__in=revive).delete()
+        missing = [c for c in checked if c.id not in present or c.id in revive]
+        if missing:
+            seq = state.mempool_seq + 1
+            _insert_pending(
+                [
+                    (c.id, seq + n, c.sender, c.nonce, c.fee, c.type, c.spend, c.payload.get("escrow", ""), c.body)
+                    for n, c in enumerate(missing)
+                ]
+            )
+            ChainState.objects.filter(singleton=1).update(mempool_seq=seq + len(missing) - 1)
+        candidates = [Candidate(c.id, c.sender, c.nonce, c.fee, c.type, c.payload, c.tx) for c in checked]
+        view = _load_view(candidates, header["proposer"])
+        view.validators = validator_set_at(height)
+        results: dict[str, str] = {}
+        rejected: list[tuple[str, str, str]] = []
+        for c in candidates:
+            outcome = apply_transaction(
+                view,
+                tx_id=c.id,
+                sender=c.sender,
+                nonce=c.nonce,
+                fee=c.fee,
+                kind=c.type,
+                payload=c.payload,
+                height=height,
+                proposer=header["proposer"],
+                min_escrow_blocks=state.params["min_escrow_blocks"],
+            )
+            if not outcome.included:
+                raise BlockInvalid(f"transaction {c.id} cannot be applied")
+            if outcome.code:
+                results[c.id] = outcome.code
+                rejected.append((outcome.code, outcome.message[:300], c.id))
+        for item in body["evidence"]:
+            _jail(item, height)
+        return _store_block(state, header, bid, ids, results, commit, rejected, [], [], view, body["evidence"])
+
+
+def _jail(evidence: dict[str, Any], height: int) -> None:
+    """Punish double signing: the validator stops counting from the next height."""
+    first = evidence["votes"][0]
+    validator, vote_height = first["validator"], first["vote"]["height"]
+    Evidence.objects.update_or_create(
+        validator=validator,
+        height=vote_height,
+        defaults={"id": proto_block.evidence_id(evidence), "votes": evidence, "included_height": height},
+    )
+    pubkey = validator_set_at(height).get(validator, ("", 0))[0]
+    if pubkey:
+        Validator.objects.update_or_create(
+            address=validator,
+            effective_height=height + 1,
+            defaults={"pubkey": pubkey, "power": 0, "reason": f"jailed: double signing at height {vote_height}"},
+        )
+        logger.warning(
+            "validator %s jailed from height %d (double signing at height %d)", validator, height + 1, vote_height
+        )

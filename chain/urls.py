@@ -24,4 +24,5 @@ urlpatterns = [
     path("v1/chain/escrows/<str:escrow_id>", api.EscrowView.as_view(), name="chain-escrow"),
     path("v1/chain/blocks", api.BlocksView.as_view(), name="chain-blocks"),
     path("v1/chain/blocks/<height:height>", api.BlockView.as_view(), name="chain-block"),
+    path("v1/test/partition", api.TestPartitionView.as_view(), name="chain-test-partition"),
 ]

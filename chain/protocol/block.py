@@ -107,7 +107,15 @@ def tx_root(tx_ids: list[str]) -> str:
 
 
 def block_header(
-    *, chain_id: str, height: int, prev_id: str, time_ms: int, proposer: str, tx_ids: list[str], round: int = 0
+    *,
+    chain_id: str,
+    height: int,
+    prev_id: str,
+    time_ms: int,
+    proposer: str,
+    tx_ids: list[str],
+    round: int = 0,
+    evidence_ids: list[str] | None = None,
 ) -> dict[str, Any]:
     return {
         "chain_id": chain_id,
@@ -118,7 +126,17 @@ def block_header(
         "proposer": proposer,
         "tx_count": len(tx_ids),
         "tx_root": tx_root(tx_ids),
+        "evidence_root": tx_root(evidence_ids or []),
     }
+
+
+HEADER_FIELDS = frozenset(
+    {"chain_id", "height", "round", "prev_id", "time_ms", "proposer", "tx_count", "tx_root", "evidence_root"}
+)
+
+
+def evidence_id(evidence: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(evidence)).hexdigest()
 
 
 def block_id(header: dict[str, Any]) -> str:

@@ -19,6 +19,8 @@ HTTP_STATUS: dict[str, int] = {
     "not_found": 404,
     "mempool_full": 503,
     "rate_limited": 429,
+    # Added by this project for its own transaction types (docs/protocol.md).
+    "not_validator": 403,
 }
 
 

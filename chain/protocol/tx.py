@@ -17,6 +17,7 @@ PAYLOAD_FIELDS: dict[str, frozenset[str]] = {
     "escrow_lock": frozenset({"job_id", "amount", "arbiter", "timeout_height"}),
     "escrow_pay": frozenset({"escrow", "to", "amount"}),
     "escrow_refund": frozenset({"escrow"}),
+    "validator_update": frozenset({"validator", "pubkey", "power"}),
 }
 MAX_MEMO_BYTES = 256
 NONCE_WINDOW = 63
@@ -169,11 +170,20 @@ def check_fields(tx: Any) -> None:
             raise _malformed("payload.to must be a string")
     elif kind == "escrow_refund" and not is_hex(payload["escrow"], 32):
         raise _malformed("payload.escrow must be a transaction id (32 bytes of lowercase hex)")
+    elif kind == "validator_update":
+        if not is_hex(payload["pubkey"], 32):
+            raise _malformed("payload.pubkey must be 32 bytes of lowercase hex")
+        if not is_int(payload["power"]) or payload["power"] > 1_000_000:
+            raise _malformed("payload.power must be an integer in [0, 1000000] (0 removes the validator)")
+        if type(payload["validator"]) is not str:
+            raise _malformed("payload.validator must be a string")
     # Addresses last: a malformed body is "malformed" before it is anything else.
     decode_address(tx["from"])
-    for name in ("to", "arbiter"):
+    for name in ("to", "arbiter", "validator"):
         if name in payload:
             decode_address(payload[name])
+    if kind == "validator_update" and address_from_pubkey_hex(payload["pubkey"]) != payload["validator"]:
+        raise _malformed("payload.pubkey does not give payload.validator")
 
 
 def check_transaction(tx: Any, *, chain_id: str, min_fee: int, verify_signature: bool = True) -> Transaction:

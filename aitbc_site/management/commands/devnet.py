@@ -77,10 +77,8 @@ class Command(BaseCommand):
         port = options["port"]
         if not 1024 <= port <= 65535 - 100:
             raise CommandError(f"--port must be between 1024 and 65435, got {port}")
-        if options["validators"] != 1:
-            raise CommandError(
-                "--validators: this release runs one-validator chains; multi-validator consensus is next"
-            )
+        if not 1 <= options["validators"] <= 9:
+            raise CommandError(f"--validators must be between 1 and 9, got {options['validators']}")
         params = parse_params(options["param"])
 
         devnet = Devnet(port=port)
@@ -97,11 +95,13 @@ class Command(BaseCommand):
 
         web_url = devnet.url(port)
         nodes = []
+        node_ports = [port + 6 + 10 * index for index in range(len(genesis["validators"]))]
         for index, validator in enumerate(genesis["validators"]):
             name = f"node{index}"
             node_dir = devnet.dir / "nodes" / name
-            node_port = port + 6 + 10 * index
+            node_port = node_ports[index]
             env = {"AITBC_DATA_DIR": str(node_dir)}
+            peers = ",".join(f"ws://127.0.0.1:{p}/p2p/" for p in node_ports if p != node_port)
             argv = devnet.manage(
                 "node",
                 "--genesis",
@@ -115,6 +115,8 @@ class Command(BaseCommand):
                 "--port",
                 str(node_port),
             )
+            if peers:
+                argv += ["--peers", peers]
             part = devnet.add(
                 Part(
                     role="node",

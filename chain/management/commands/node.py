@@ -39,7 +39,8 @@ class Command(BaseCommand):
         parser.add_argument("--genesis", required=True, help="genesis file (protocol.md)")
         parser.add_argument("--validator-key", help="keystore file of this node's validator key")
         parser.add_argument("--validator-password-file", help="file holding the keystore's password")
-        parser.add_argument("--peers", default="", help="comma-separated P2P URLs of other nodes")
+        parser.add_argument("--peers", default="", help="comma-separated P2P URLs of other nodes (ws://host:port/p2p/)")
+        parser.add_argument("--public-url", help="this node's RPC URL as peers reach it (default http://HOST:PORT)")
         parser.add_argument("--host", default=settings.HOST)
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8006)))
 
@@ -68,21 +69,37 @@ class Command(BaseCommand):
                 )
             except Exception as exc:
                 raise CommandError(f"validator key {options['validator_key']}: {exc}") from exc
-            validators = {v["address"] for v in state.genesis["validators"]}
-            if key.address not in validators:
-                raise CommandError(f"{key.address} is not a validator of chain {state.chain_id}")
-            if len(validators) > 1:
-                raise CommandError("this node build produces blocks for one-validator chains only")
         node.set_validator_key(key)
 
+        from chain.network import ConsensusDriver, set_driver
+        from chain.validators import validator_set_at
+
+        validators = validator_set_at(state.height + 1)
+        single = len(validators) == 1
+        if key is not None and key.address not in validators:
+            self.stdout.write(f"note: {key.address} is not a validator at height {state.height + 1}; following")
+        peers = [p.strip() for p in options["peers"].split(",") if p.strip()]
+        public_url = (options["public_url"] or f"http://{options['host']}:{options['port']}").rstrip("/")
+        driver = ConsensusDriver(
+            chain_id=state.chain_id,
+            genesis_id=state.genesis_id,
+            key=key,
+            peers=peers,
+            block_time_ms=state.params["block_time_ms"],
+            rpc_url=public_url,
+            run_consensus=not single,
+            double_sign=os.environ.get("AITBC_TEST_DOUBLE_SIGN") == "1" and settings.TEST_HOOKS,
+        )
+        set_driver(driver)
+
         def on_ready() -> None:
-            if key is not None:
+            driver.start()
+            # A one-validator chain needs no rounds: its validator's precommit is the commit.
+            if single and key is not None and key.address in validators:
                 node.start_producer(key, state.params["block_time_ms"])
 
-        run_server(
-            host=options["host"],
-            port=options["port"],
-            embedded_worker=True,
-            on_ready=on_ready,
-            on_stop=node.stop_producer,
-        )
+        def on_stop() -> None:
+            node.stop_producer()
+            driver.stop()
+
+        run_server(host=options["host"], port=options["port"], embedded_worker=True, on_ready=on_ready, on_stop=on_stop)

@@ -1,0 +1,42 @@
+"""``/p2p/``: the websocket other nodes dial to gossip with this one."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from chain import network
+
+
+class P2PConsumer(AsyncWebsocketConsumer):
+    """An inbound peer. Frames go to the consensus thread's queue; it answers through ``peer.send``."""
+
+    async def connect(self) -> None:
+        current = network.driver()
+        if current is None:
+            await self.close(code=4404)
+            return
+        self.driver = current
+        loop = asyncio.get_running_loop()
+        self.peer = network.Peer(id=f"in-{secrets.token_hex(4)}", direction="in")
+
+        def send(text: str | None) -> None:
+            # Called from the consensus thread: hand the frame to this connection's event loop.
+            coro = self.close(code=4408) if text is None else self.send(text_data=text)
+            asyncio.run_coroutine_threadsafe(coro, loop)
+
+        self.peer.send = send
+        await self.accept()
+        current.gossip.add(self.peer)
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "peer"):
+            self.driver.gossip.remove(self.peer)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None:
+            self.driver.gossip.penalize(self.peer, 20, "binary frame")
+            return
+        self.driver.gossip.received(self.peer, text_data)

@@ -1,0 +1,771 @@
+"""A node's network: gossip between nodes over websockets, consensus driving, block sync.
+
+Each node serves ``/p2p/`` (``chain/consumers.py``) and dials the peers in its
+configuration (``--peers``) with reconnection and backoff. Everything a peer
+sends goes into one queue that a single consensus thread works through, so
+the consensus state machine (``chain/consensus.py``) and the ledger writes it
+triggers never run concurrently. Messages are deduplicated by the SHA-256 of
+their canonical JSON, capped in size, and a peer that sends malformed or
+invalid ones loses score and, past a threshold, its connection for a while.
+
+Message types (JSON text frames): ``hello`` (chain id, genesis id, node id,
+height), ``status`` (height), ``txs`` (transactions admitted by the sender),
+``proposal``, ``vote``, ``block`` (a decided block with its commit),
+``evidence``. See ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import itertools
+import json
+import logging
+import queue
+import random
+import secrets
+import sys
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from django.db import close_old_connections
+
+from chain.consensus import (
+    Broadcast,
+    Decide,
+    HeightState,
+    Misbehaviour,
+    Proposal,
+    ScheduleTimeout,
+    Timeouts,
+    ValidatorSet,
+    Vote,
+    proposal_body,
+)
+from chain.protocol.block import vote_body
+from chain.protocol.encoding import canonical_json, parse_strict
+from chain.protocol.errors import ProtocolError
+from chain.protocol.keys import Key, domain_tag
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+BAN_SCORE = -100
+BAN_SECONDS = 60
+SEEN_CAPACITY = 50_000
+SYNC_BATCH = 200
+STEP_ORDER = {"proposal": 0, "prevote": 1, "precommit": 2}
+DOMAIN_PROPOSAL = domain_tag("proposal")
+
+
+# -- the validator's guarded key ---------------------------------------------------------------
+
+
+class DbSigner:
+    """Signs votes and proposals at most once per (height, round, step), remembered in the database.
+
+    The record is written and committed before the signature leaves, so a node killed
+    right after signing still knows on restart what it signed.
+    """
+
+    def __init__(self, key: Key, *, double_sign: bool = False) -> None:
+        self.key = key
+        self.address = key.address
+        self.double_sign = double_sign  # test hook: a faulty validator that signs conflicting votes
+
+    def _guard(self, height: int, round_: int, step: str, block_id: str, sign) -> str | None:
+        from django.db import transaction
+
+        from chain.models import SignerState
+
+        order = STEP_ORDER[step]
+        with transaction.atomic():
+            state, _ = SignerState.objects.select_for_update().get_or_create(singleton=1)
+            last = (state.height, state.round, state.step)
+            here = (height, round_, order)
+            if here < last and not self.double_sign:
+                return None
+            if here == last and state.signature:
+                if state.block_id == block_id or self.double_sign:
+                    return state.signature if state.block_id == block_id else sign()
+                return None
+            signature = sign()
+            SignerState.objects.filter(singleton=1).update(
+                height=height, round=round_, step=order, block_id=block_id, signature=signature
+            )
+        return signature
+
+    def sign_vote(self, chain_id: str, height: int, round_: int, step: str, block_id: str) -> str | None:
+        body = vote_body(chain_id=chain_id, height=height, round=round_, step=step, block_id=block_id or None)
+        from chain.protocol.block import DOMAIN_VOTE
+
+        return self._guard(
+            height, round_, step, block_id, lambda: self.key.sign(DOMAIN_VOTE, canonical_json(body)).hex()
+        )
+
+    def sign_proposal(
+        self, chain_id: str, height: int, round_: int, pol_round: int | None, block_id: str
+    ) -> str | None:
+        body = proposal_body(chain_id=chain_id, height=height, round_=round_, pol_round=pol_round, block_id=block_id)
+        return self._guard(
+            height, round_, "proposal", block_id, lambda: self.key.sign(DOMAIN_PROPOSAL, canonical_json(body)).hex()
+        )
+
+
+def save_lock(height: int, round_: int, block_id: str | None, block: dict | None) -> None:
+    from chain.models import SignerState
+
+    SignerState.objects.get_or_create(singleton=1)
+    locked = None if block_id is None else {"height": height, "round": round_, "block_id": block_id, "block": block}
+    SignerState.objects.filter(singleton=1).update(locked=locked)
+
+
+def load_lock(height: int) -> tuple[int, str, dict] | None:
+    from chain.models import SignerState
+
+    state = SignerState.objects.filter(singleton=1).first()
+    if state is None or not state.locked or state.locked.get("height") != height:
+        return None
+    return state.locked["round"], state.locked["block_id"], state.locked["block"]
+
+
+# -- peers -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Peer:
+    id: str
+    direction: str  # "in" or "out"
+    url: str = ""
+    rpc_url: str = ""
+    node_id: str = ""
+    height: int = 0
+    score: int = 0
+    connected_at: float = field(default_factory=time.time)
+    send: Any = None  # callable(text) that queues a frame to this peer
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "node_id": self.node_id,
+            "direction": self.direction,
+            "url": self.url,
+            "height": self.height,
+            "score": self.score,
+        }
+
+
+class Gossip:
+    """Connections to peers, in and out, and what crosses them."""
+
+    def __init__(self, driver: ConsensusDriver, peer_urls: list[str]) -> None:
+        self.driver = driver
+        self.peer_urls = [u for u in peer_urls if u]
+        self.peers: dict[str, Peer] = {}
+        self.banned: dict[str, float] = {}
+        self.blocked_nodes: set[str] = set()  # test hook: a network partition
+        self.lock = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+        self._stopping = False
+
+    # outbound connections, in a thread with its own event loop
+    def start(self) -> None:
+        if not self.peer_urls:
+            return
+        self.thread = threading.Thread(target=self._run_loop, name="p2p-dialer", daemon=True)
+        self.thread.start()
+
+    def _run_loop(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        for url in self.peer_urls:
+            self.loop.create_task(self._dial(url))
+        self.loop.run_forever()
+
+    async def _dial(self, url: str) -> None:
+        import websockets
+
+        backoff = 0.5
+        while not self._stopping:
+            try:
+                async with websockets.connect(url, max_size=MAX_MESSAGE_BYTES, open_timeout=5, ping_interval=20) as ws:
+                    backoff = 0.5
+                    outbox: asyncio.Queue[str] = asyncio.Queue()
+                    peer = Peer(id=f"out-{secrets.token_hex(4)}", direction="out", url=url)
+                    loop = asyncio.get_running_loop()
+                    peer.send = lambda text, q=outbox, lp=loop: lp.call_soon_threadsafe(q.put_nowait, text)
+                    self.add(peer)
+                    try:
+                        await ws.send(self.driver.hello_text())
+                        sender = asyncio.create_task(self._pump(ws, outbox))
+                        async for frame in ws:
+                            if isinstance(frame, bytes):
+                                frame = frame.decode("utf-8", "replace")
+                            self.received(peer, frame)
+                            if peer.id not in self.peers:
+                                break
+                        sender.cancel()
+                    finally:
+                        self.remove(peer)
+            except (TimeoutError, OSError) as exc:
+                logger.debug("p2p dial %s failed: %s", url, exc)
+            except Exception as exc:  # any other failure: log it, wait and dial again
+                logger.info("p2p connection to %s ended: %s: %s", url, type(exc).__name__, exc)
+            await asyncio.sleep(backoff + random.random() * backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    @staticmethod
+    async def _pump(ws, outbox: asyncio.Queue) -> None:
+        while True:
+            text = await outbox.get()
+            if text is None:  # disconnect requested (a penalized peer)
+                await ws.close()
+                return
+            await ws.send(text)
+
+    def add(self, peer: Peer) -> None:
+        with self.lock:
+            self.peers[peer.id] = peer
+        logger.info("peer %s connected (%s %s)", peer.id, peer.direction, peer.url)
+
+    def remove(self, peer: Peer) -> None:
+        with self.lock:
+            self.peers.pop(peer.id, None)
+        logger.info("peer %s disconnected", peer.id)
+
+    def received(self, peer: Peer, text: str) -> None:
+        if peer.node_id and peer.node_id in self.blocked_nodes:
+            return
+        if len(text) > MAX_MESSAGE_BYTES:
+            self.penalize(peer, 50, "oversized message")
+            return
+        self.driver.enqueue(("message", peer, text))
+
+    def penalize(self, peer: Peer, points: int, why: str) -> None:
+        peer.score -= points
+        logger.warning("peer %s (%s): %s (score %d)", peer.id, peer.node_id or peer.url, why, peer.score)
+        if peer.score <= BAN_SCORE:
+            self.banned[peer.node_id or peer.url or peer.id] = time.time() + BAN_SECONDS
+            self.disconnect(peer)
+
+    def disconnect(self, peer: Peer) -> None:
+        self.remove(peer)
+        if peer.send is not None:
+            try:
+                peer.send(None)
+            except Exception:  # already gone
+                pass
+
+    def is_banned(self, key: str) -> bool:
+        until = self.banned.get(key)
+        return until is not None and until > time.time()
+
+    def broadcast(self, text: str, *, exclude: Peer | None = None) -> None:
+        with self.lock:
+            peers = list(self.peers.values())
+        for peer in peers:
+            if peer is exclude or (peer.node_id and peer.node_id in self.blocked_nodes):
+                continue
+            try:
+                peer.send(text)
+            except Exception as exc:
+                logger.debug("send to %s failed: %s", peer.id, exc)
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+# -- the consensus thread -------------------------------------------------------------------------
+
+
+class ConsensusDriver:
+    """Runs consensus and sync for this node; every input goes through one queue and one thread."""
+
+    def __init__(
+        self,
+        *,
+        chain_id: str,
+        genesis_id: str,
+        key: Key | None,
+        peers: list[str],
+        block_time_ms: int,
+        rpc_url: str,
+        run_consensus: bool = True,
+        double_sign: bool = False,
+    ) -> None:
+        self.chain_id = chain_id
+        self.genesis_id = genesis_id
+        self.rpc_url = rpc_url
+        self.run_consensus = run_consensus
+        self.key = key
+        self.node_id = key.address if key is not None else f"node-{secrets.token_hex(6)}"
+        self.signer = DbSigner(key, double_sign=double_sign) if key is not None else None
+        self.block_time_ms = block_time_ms
+        self.timeouts = Timeouts(
+            propose_ms=max(1000, 2 * block_time_ms), prevote_ms=500, precommit_ms=500, delta_ms=500
+        )
+        self.inbox: queue.Queue = queue.Queue()
+        self.timers: list = []
+        self.counter = itertools.count()
+        self.seen: OrderedDict[str, None] = OrderedDict()
+        self.gossip = Gossip(self, peers)
+        self.height_state: HeightState | None = None
+        self.future: list[tuple[Peer | None, dict]] = []
+        self.thread = threading.Thread(target=self._run, name="consensus", daemon=True)
+        self.last_error: str | None = None
+        self.last_commit_messages: list[str] = []
+        self.decided_at: float = time.time()
+        self.height = 0
+        self._stop = threading.Event()
+
+    # public, thread-safe
+    def start(self) -> None:
+        self.thread.start()
+        self.gossip.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.inbox.put(("stop",))
+        self.gossip.stop()
+        self.thread.join(10)
+
+    def enqueue(self, event: tuple) -> None:
+        self.inbox.put(event)
+
+    def tick(self) -> None:
+        """The beat tick: retransmit, announce our height, catch up if behind. Idempotent."""
+        self.inbox.put(("tick",))
+
+    def hello_text(self) -> str:
+        # Called from the dialer's event loop, where the ORM may not run: the height is cached.
+        height = self.height
+        return json.dumps(
+            {
+                "type": "hello",
+                "chain_id": self.chain_id,
+                "genesis_id": self.genesis_id,
+                "node_id": self.node_id,
+                "height": height,
+            }
+        )
+
+    def broadcast_txs(self, txs: list[dict]) -> None:
+        """Gossip transactions this node admitted (called after the admission committed)."""
+        if txs:
+            self.gossip.broadcast(json.dumps({"type": "txs", "txs": txs}, ensure_ascii=False))
+
+    def peers_info(self) -> list[dict]:
+        with self.gossip.lock:
+            return [p.info() for p in self.gossip.peers.values()]
+
+    # the thread
+    def _run(self) -> None:
+        try:
+            self._new_height(initial=True)
+        except Exception:
+            logger.exception("consensus could not start")
+        while not self._stop.is_set():
+            timeout = None
+            if self.timers:
+                timeout = max(0.0, self.timers[0][0] - time.monotonic())
+            try:
+                event = self.inbox.get(timeout=timeout if timeout is not None else 1.0)
+            except queue.Empty:
+                event = None
+            try:
+                if event is not None:
+                    if event[0] == "stop":
+                        break
+                    self._handle_event(event)
+                while self.timers and self.timers[0][0] <= time.monotonic():
+                    _, _, timer = heapq.heappop(self.timers)
+                    self._handle_event(timer)
+                self.last_error = None
+            except Exception as exc:  # one bad event must not stop consensus
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                logger.exception("consensus event failed")
+                close_old_connections()
+
+    def _schedule(self, delay_ms: int, event: tuple) -> None:
+        heapq.heappush(self.timers, (time.monotonic() + delay_ms / 1000, next(self.counter), event))
+
+    def _handle_event(self, event: tuple) -> None:
+        kind = event[0]
+        if kind == "message":
+            self._on_text(event[1], event[2])
+        elif kind == "timeout":
+            state = self.height_state
+            if state is not None and state.started:
+                self._do(state.on_timeout(event[1], event[2], event[3]))
+        elif kind == "start-height":
+            state = self.height_state
+            if state is not None and not state.started and state.height == event[1]:
+                self._do(state.start())
+                self._replay_future()
+        elif kind == "tick":
+            self._on_tick()
+
+    # heights
+    def _new_height(self, *, initial: bool = False) -> None:
+        from chain.models import ChainState
+
+        if not self.run_consensus:
+            self.height = ChainState.objects.get(singleton=1).height
+            return
+        from chain.services import block_build, block_check
+        from chain.validators import validator_set_at
+
+        state = ChainState.objects.get(singleton=1)
+        self.height = state.height
+        height = state.height + 1
+        validators = validator_set_at(height)
+        if not validators:
+            logger.error("no validators at height %d: consensus halted", height)
+            self.height_state = None
+            return
+
+        def propose(h: int, r: int) -> tuple[str, dict]:
+            assert self.key is not None
+            return block_build(proposer=self.key.address, round_=r)
+
+        def validate(block: dict) -> str | None:
+            from chain.services import BlockInvalid
+
+            try:
+                return block_check(block)
+            except BlockInvalid as exc:
+                logger.warning("invalid proposal at height %d: %s", height, exc)
+                return None
+
+        self.height_state = HeightState(
+            chain_id=self.chain_id,
+            height=height,
+            validators=ValidatorSet(validators),
+            signer=self.signer,
+            propose=propose,
+            validate=validate,
+            timeouts=self.timeouts,
+            locked=load_lock(height),
+        )
+        # Keep the block cadence: start the height block_time after the previous block.
+        last_ms = int(state.latest_block_time.timestamp() * 1000)
+        wait_ms = max(0, last_ms + self.block_time_ms - int(time.time() * 1000))
+        if initial:
+            wait_ms = max(wait_ms, 200)
+        self._schedule(wait_ms, ("start-height", height))
+
+    def _replay_future(self) -> None:
+        state = self.height_state
+        if state is None:
+            return
+        keep = []
+        for peer, message in self.future:
+            if message.get("height_hint", 0) > state.height:
+                keep.append((peer, message))
+            else:
+                self._consensus_message(peer, message)
+        self.future = keep[-5000:]
+
+    def _do(self, outputs: list) -> None:
+        for output in outputs:
+            if isinstance(output, Broadcast):
+                self.gossip.broadcast(json.dumps(output.message, ensure_ascii=False))
+                if output.message["type"] == "vote" and output.message["vote"]["type"] == "precommit":
+                    state = self.height_state
+                    if state is not None and state.locked_id is not None:
+                        save_lock(state.height, state.locked_round, state.locked_id, state.locked_block)
+            elif isinstance(output, ScheduleTimeout):
+                self._schedule(output.delay_ms, ("timeout", output.step, output.height, output.round))
+            elif isinstance(output, Misbehaviour):
+                self._record_misbehaviour(output)
+            elif isinstance(output, Decide):
+                self._decide(output)
+                return
+
+    def _decide(self, decision: Decide) -> None:
+        from chain.services import block_commit
+
+        block = block_commit(body=decision.block, commit=decision.commit)
+        self.decided_at = time.time()
+        message = json.dumps({"type": "block", "block": decision.block, "commit": decision.commit}, ensure_ascii=False)
+        self.last_commit_messages = [message]
+        self.gossip.broadcast(message)
+        logger.info(
+            "height %d final in round %d: %d transactions, id %s",
+            block.height,
+            decision.round,
+            block.tx_count,
+            block.id[:16],
+        )
+        self._new_height()
+
+    def _record_misbehaviour(self, output: Misbehaviour) -> None:
+        from chain.services import evidence_record
+
+        evidence = {"votes": [output.first.message(self.chain_id), output.second.message(self.chain_id)]}
+        if evidence_record(votes=evidence):
+            logger.warning(
+                "double signing by %s at height %d round %d",
+                output.first.validator,
+                output.first.height,
+                output.first.round,
+            )
+            self.gossip.broadcast(json.dumps({"type": "evidence", "evidence": evidence}))
+
+    # messages
+    def _on_text(self, peer: Peer, text: str) -> None:
+        digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
+        if digest in self.seen:
+            return
+        self.seen[digest] = None
+        if len(self.seen) > SEEN_CAPACITY:
+            self.seen.popitem(last=False)
+        try:
+            message = parse_strict(text)
+        except ProtocolError:
+            self.gossip.penalize(peer, 20, "malformed JSON")
+            return
+        if not isinstance(message, dict) or type(message.get("type")) is not str:
+            self.gossip.penalize(peer, 20, "message without a type")
+            return
+        kind = message["type"]
+        if kind == "hello":
+            self._on_hello(peer, message)
+        elif kind == "status":
+            if type(message.get("height")) is int:
+                peer.height = max(peer.height, message["height"])
+                self._maybe_sync(peer)
+        elif kind == "txs":
+            self._on_txs(peer, message)
+        elif kind in ("proposal", "vote"):
+            self._consensus_message(peer, message)
+        elif kind == "block":
+            self._on_block(peer, message)
+        elif kind == "evidence":
+            from chain.services import evidence_record
+
+            if evidence_record(votes=message.get("evidence")):
+                self.gossip.broadcast(text, exclude=peer)
+        else:
+            self.gossip.penalize(peer, 5, f"unknown message type {kind[:40]!r}")
+
+    def _on_hello(self, peer: Peer, message: dict) -> None:
+        if message.get("chain_id") != self.chain_id or message.get("genesis_id") != self.genesis_id:
+            self.gossip.penalize(peer, 200, "hello from another chain")
+            return
+        node_id = message.get("node_id")
+        if type(node_id) is not str or not node_id or node_id == self.node_id:
+            self.gossip.disconnect(peer)
+            return
+        if self.gossip.is_banned(node_id):
+            self.gossip.disconnect(peer)
+            return
+        peer.node_id = node_id
+        if type(message.get("rpc_url")) is str and message["rpc_url"].startswith(("http://", "https://")):
+            peer.rpc_url = message["rpc_url"].rstrip("/")
+        if type(message.get("height")) is int:
+            peer.height = message["height"]
+        if peer.direction == "in":
+            peer.send(self.hello_text())
+        self._maybe_sync(peer)
+
+    def _on_txs(self, peer: Peer, message: dict) -> None:
+        from chain.models import ChainState
+        from chain.services import mempool_admit
+
+        txs = message.get("txs")
+        if not isinstance(txs, list) or len(txs) > 5000:
+            self.gossip.penalize(peer, 20, "bad txs message")
+            return
+        state = ChainState.objects.get(singleton=1)
+        results = mempool_admit(txs=txs, chain_id=state.chain_id, min_fee=state.params["min_fee"])
+        fresh = [tx for tx, r in zip(txs, results, strict=True) if r.error is None]
+        bad = sum(1 for r in results if r.error is not None and r.error.code in ("bad_signature", "wrong_chain"))
+        if bad:
+            self.gossip.penalize(peer, min(50, 5 * bad), f"{bad} invalid transactions")
+        if fresh:
+            self.gossip.broadcast(json.dumps({"type": "txs", "txs": fresh}, ensure_ascii=False), exclude=peer)
+
+    def _consensus_message(self, peer: Peer | None, message: dict) -> None:
+        state = self.height_state
+        try:
+            if message["type"] == "proposal":
+                item = Proposal.from_message(message, self.chain_id)
+            else:
+                item = Vote.from_message(message, self.chain_id)
+        except (ValueError, KeyError, TypeError) as exc:
+            if peer is not None:
+                self.gossip.penalize(peer, 20, f"malformed {message.get('type')}: {exc}")
+            return
+        if state is None:
+            return
+        if item.height > state.height or not state.started:
+            if item.height <= state.height + 1:
+                self.future.append((peer, dict(message, height_hint=item.height)))
+            if peer is not None and item.height > state.height:
+                peer.height = max(peer.height, item.height - 1)
+                self._maybe_sync(peer)
+            return
+        if item.height < state.height:
+            return
+        validators = state.validators
+        sender = item.proposer if isinstance(item, Proposal) else item.validator
+        if validators.power(sender) == 0:
+            if peer is not None:
+                self.gossip.penalize(peer, 10, "consensus message from a non-validator")
+            return
+        outputs = state.receive_proposal(item) if isinstance(item, Proposal) else state.receive_vote(item)
+        # Relay what we accepted so a partially connected network still hears it.
+        self.gossip.broadcast(
+            json.dumps({k: v for k, v in message.items() if k != "height_hint"}, ensure_ascii=False), exclude=peer
+        )
+        self._do(outputs)
+
+    def _on_block(self, peer: Peer, message: dict) -> None:
+        from chain.models import ChainState
+        from chain.services import BlockInvalid, block_commit
+
+        block, commit = message.get("block"), message.get("commit")
+        if not isinstance(block, dict) or not isinstance(block.get("header"), dict):
+            self.gossip.penalize(peer, 20, "malformed block message")
+            return
+        height = block["header"].get("height")
+        current = ChainState.objects.get(singleton=1).height
+        if type(height) is not int or height <= current:
+            return
+        if height > current + 1:
+            peer.height = max(peer.height, height)
+            self._maybe_sync(peer)
+            return
+        try:
+            block_commit(body=block, commit=commit)
+        except BlockInvalid as exc:
+            self.gossip.penalize(peer, 30, f"invalid block {height}: {exc}")
+            return
+        except (KeyError, TypeError, ProtocolError) as exc:
+            self.gossip.penalize(peer, 30, f"malformed block {height}: {exc}")
+            return
+        self.decided_at = time.time()
+        self.gossip.broadcast(json.dumps(message, ensure_ascii=False), exclude=peer)
+        self._new_height()
+
+    # ticks and sync
+    def _on_tick(self) -> None:
+        state = self.height_state
+        if state is not None and state.started:
+            for output in state.retransmit():
+                if isinstance(output, Broadcast):
+                    self.gossip.broadcast(json.dumps(output.message, ensure_ascii=False))
+        for text in self.last_commit_messages:
+            self.gossip.broadcast(text)
+        from chain.models import ChainState
+
+        height = ChainState.objects.get(singleton=1).height
+        self.gossip.broadcast(json.dumps({"type": "status", "height": height}))
+        with self.gossip.lock:
+            peers = list(self.gossip.peers.values())
+        for peer in peers:
+            self._maybe_sync(peer)
+
+    def _maybe_sync(self, peer: Peer) -> None:
+        from chain.models import ChainState
+
+        height = ChainState.objects.get(singleton=1).height
+        if peer.height > height + 1 or (peer.height > height and time.time() - self.decided_at > 5):
+            self.sync_from(peer)
+
+    def sync_from(self, peer: Peer) -> int:
+        """Fetch blocks with their commits from ``peer`` and apply each after checking its commit."""
+        from chain.models import ChainState
+        from chain.services import BlockInvalid, block_commit
+
+        base = peer.rpc_url or (rpc_base(peer.url) if peer.url else None)
+        if base is None:
+            return 0
+        start = ChainState.objects.get(singleton=1).height + 1
+        target = peer.height
+        applied = 0
+        progress = SyncProgress(start - 1, target)
+        session = requests.Session()
+        height = start
+        while height <= target and not self._stop.is_set():
+            try:
+                answer = session.get(
+                    f"{base}/v1/chain/blocks", params={"from": height, "limit": SYNC_BATCH, "full": 1}, timeout=30
+                )
+                blocks = answer.json()["blocks"]
+            except (requests.RequestException, ValueError, KeyError) as exc:
+                logger.warning("sync from %s failed at height %d: %s", base, height, exc)
+                break
+            if not blocks:
+                break
+            for item in blocks:
+                try:
+                    block_commit(body=item["block"], commit=item["commit"])
+                except (BlockInvalid, KeyError, TypeError) as exc:
+                    self.gossip.penalize(peer, 30, f"sync: bad block {height}: {exc}")
+                    return applied
+                applied += 1
+                height += 1
+                progress.update(height - 1)
+        progress.close()
+        if applied:
+            self.decided_at = time.time()
+            logger.info("synced %d blocks from %s, now at height %d", applied, base, height - 1)
+            self._new_height()
+        return applied
+
+
+class SyncProgress:
+    """A progress bar on a terminal, a line every few seconds otherwise."""
+
+    def __init__(self, start: int, target: int) -> None:
+        self.start, self.target = start, target
+        self.bar = None
+        self.last_log = 0.0
+        if target - start >= 100 and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=target - start, desc="sync", unit="block")
+
+    def update(self, height: int) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.target - self.start >= 100 and time.monotonic() - self.last_log > 2:
+            self.last_log = time.monotonic()
+            logger.info(
+                "sync: height %d of %d (%.0f%%)",
+                height,
+                self.target,
+                100 * (height - self.start) / max(1, self.target - self.start),
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def rpc_base(p2p_url: str) -> str:
+    """``ws://host:port/p2p/`` -> ``http://host:port`` (a node serves RPC and P2P on one port)."""
+    url = p2p_url.replace("wss://", "https://").replace("ws://", "http://")
+    return url.split("/p2p", 1)[0].rstrip("/")
+
+
+_driver: ConsensusDriver | None = None
+
+
+def set_driver(driver: ConsensusDriver | None) -> None:
+    global _driver
+    _driver = driver
+
+
+def driver() -> ConsensusDriver | None:
+    return _driver
