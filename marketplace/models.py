@@ -2,9 +2,9 @@
 outbox of transactions it sends to the chain.
 
 Lock order, everywhere money or capacity moves (``services``): Deposit, then Job, then
-Offer, then Provider, then CoordinatorAccount last. Correctness rests on conditional
-UPDATEs and unique constraints; the row locks only keep PostgreSQL writers from
-deadlocking (on SQLite writers queue anyway).
+Offer, then Provider, then CoordinatorAccount, then OutboxTx rows. Correctness rests on
+conditional UPDATEs and unique constraints; the row locks keep PostgreSQL writers from
+deadlocking (on SQLite, writers queue on the database's write lock anyway).
 """
 
 from __future__ import annotations

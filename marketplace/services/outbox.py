@@ -313,7 +313,9 @@ def _requeue(row: OutboxTx, why: str, report: OutboxReport) -> None:
 
 
 def _lock_owner(row: OutboxTx) -> None:
-    # Models' lock order: the deposit, then the job, before the row itself changes.
+    # Models' lock order: the deposit, then the job, then the coordinator's account (which
+    # the consequences may allocate from, and which _resync holds while it changes rows),
+    # all before the row itself changes.
     deposit_id = row.deposit_id or (
         Job.objects.filter(pk=row.job_id).values_list("deposit_id", flat=True).first() if row.job_id else None
     )
@@ -321,6 +323,7 @@ def _lock_owner(row: OutboxTx) -> None:
         list(Deposit.objects.select_for_update().filter(pk=deposit_id))
     if row.job_id:
         list(Job.objects.select_for_update().filter(pk=row.job_id))
+    list(CoordinatorAccount.objects.select_for_update().filter(address=coordinator_address()))
 
 
 def _finish(row: OutboxTx, answer: dict[str, Any], report: OutboxReport, *, from_status: str) -> None:
