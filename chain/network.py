@@ -493,7 +493,7 @@ class ConsensusDriver:
     def _decide(self, decision: Decide) -> None:
         from chain.services import block_commit
 
-        block = block_commit(body=decision.block, commit=decision.commit)
+        block = block_commit(body=decision.block, commit=decision.commit, checked=True)
         self.decided_at = time.time()
         message = json.dumps({"type": "block", "block": decision.block, "commit": decision.commit}, ensure_ascii=False)
         self.last_commit_messages = [message]

@@ -757,11 +757,13 @@ def block_check(body: Any) -> str:
     return proto_block.block_id(header)
 
 
-def block_commit(*, body: dict[str, Any], commit: dict[str, Any]) -> Block:
+def block_commit(*, body: dict[str, Any], commit: dict[str, Any], checked: bool = False) -> Block:
     """Apply a decided block with its commit, in one database transaction.
 
     Idempotent: committing the block already at that height returns it. The
     commit must hold precommits of more than 2/3 of the power at that height.
+    ``checked`` says this node's consensus already ran ``block_check`` on it
+    against the same state (the state cannot move between: one thread decides).
     """
     with transaction.atomic():
         state = ChainState.objects.select_for_update().get(singleton=1)
@@ -784,7 +786,8 @@ def block_commit(*, body: dict[str, Any], commit: dict[str, Any]) -> Block:
             )
         except ProtocolError as exc:
             raise BlockInvalid(f"commit refused: {exc.message}") from None
-        block_check(body)
+        if not checked:
+            block_check(body)
         height = header["height"]
         txs = body["txs"]
         checked = [check_transaction(tx, chain_id=state.chain_id, min_fee=0, verify_signature=False) for tx in txs]
