@@ -117,6 +117,8 @@ class Devnet:
         deadline = time.monotonic() + timeout
         waiting = list(self.parts)
         while waiting:
+            if self._stopping:
+                raise RuntimeError("stopped while starting")
             for part in list(waiting):
                 if not part.running():
                     raise RuntimeError(

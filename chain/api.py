@@ -131,6 +131,7 @@ class EscrowView(NodeView):
 
 class BlocksView(NodeView):
     @extend_schema(
+        operation_id="chain_blocks_list",
         summary="Blocks from a height",
         parameters=[
             OpenApiParameter("from", int, description="first height (default 1)"),

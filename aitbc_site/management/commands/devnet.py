@@ -82,6 +82,7 @@ class Command(BaseCommand):
         params = parse_params(options["param"])
 
         devnet = Devnet(port=port)
+        devnet.install_signal_handlers()
         if options["reset"]:
             shutil.rmtree(devnet.dir / "nodes", ignore_errors=True)
             (devnet.dir / "genesis.json").unlink(missing_ok=True)
@@ -170,7 +171,6 @@ class Command(BaseCommand):
             devnet.network["nodes"] = [dict(info, pid=part.pid if part.running() else None) for part, info in nodes]
             devnet.network["coordinator"]["pid"] = web.pid if web.running() else None
 
-        devnet.install_signal_handlers()
         try:
             devnet.start_all(timeout=options["startup_timeout"])
             refresh()
