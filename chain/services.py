@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -291,6 +292,8 @@ def _admit_checked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, Admi
     if rows:
         _insert_pending(rows)
         ChainState.objects.filter(singleton=1).update(mempool_seq=seq - 1)
+        admitted = [(c.id, c.tx) for _i, c in checked if c.id in batch_ids]
+        transaction.on_commit(lambda: _admitted.add(admitted))
         send_event_on_commit(EVENTS_GROUP, {"type": "mempool", "admitted": len(rows)})
     return out
 
@@ -344,7 +347,7 @@ def _select_candidates(limit: int) -> tuple[list[Candidate], list[str]]:
     rows = list(
         Transaction.objects.filter(status=Transaction.PENDING)
         .order_by("seq")
-        .values_list("id", "sender", "nonce", "fee", "type", "body")[: limit * 2 + 100]
+        .values_list("id", "sender", "nonce", "fee", "type")[: limit * 2 + 100]
     )
     if not rows:
         return [], []
@@ -357,20 +360,57 @@ def _select_candidates(limit: int) -> tuple[list[Candidate], list[str]]:
     for position, row in enumerate(rows):
         by_sender[row[1]][row[2]] = row
         first_seen.setdefault(row[1], position)
-    chosen: list[Candidate] = []
+    chosen_rows: list[tuple] = []
     stale: list[str] = []
     for sender in sorted(by_sender, key=first_seen.__getitem__):
         expected = nonces.get(sender, 0)
         txs = by_sender[sender]
         stale.extend(row[0] for nonce, row in txs.items() if nonce < expected)
-        while expected in txs and len(chosen) < limit:
-            row = txs[expected]
-            tx = json.loads(row[5])
-            chosen.append(Candidate(row[0], row[1], row[2], row[3], row[4], tx["payload"], tx))
+        while expected in txs and len(chosen_rows) < limit:
+            chosen_rows.append(txs[expected])
             expected += 1
-        if len(chosen) >= limit:
+        if len(chosen_rows) >= limit:
             break
+    parsed = _admitted.lookup([row[0] for row in chosen_rows])
+    missing = [row[0] for row in chosen_rows if row[0] not in parsed]
+    for chunk in _chunks(missing):
+        for tx_id, body in Transaction.objects.filter(id__in=chunk).values_list("id", "body"):
+            parsed[tx_id] = json.loads(body)
+    chosen = [Candidate(r[0], r[1], r[2], r[3], r[4], parsed[r[0]]["payload"], parsed[r[0]]) for r in chosen_rows]
     return chosen, stale
+
+
+class _AdmittedCache:
+    """Transactions this process admitted, already parsed, until a block takes them.
+
+    Block production runs in the process that admits (the node), so the block need
+    not read and parse every body back from the database. A miss (another process
+    admitted it, or it was evicted) falls back to the stored body.
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self.items: dict[str, dict[str, Any]] = {}
+        self.lock = threading.Lock()
+
+    def add(self, txs: list[tuple[str, dict[str, Any]]]) -> None:
+        with self.lock:
+            for tx_id, tx in txs:
+                self.items[tx_id] = tx
+            while len(self.items) > self.capacity:
+                self.items.pop(next(iter(self.items)))
+
+    def lookup(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        with self.lock:
+            return {i: self.items[i] for i in ids if i in self.items}
+
+    def discard(self, ids: list[str]) -> None:
+        with self.lock:
+            for tx_id in ids:
+                self.items.pop(tx_id, None)
+
+
+_admitted = _AdmittedCache()
 
 
 def _load_view(candidates: list[Candidate], proposer: str) -> LedgerView:
@@ -549,6 +589,7 @@ def _store_block(
                 "error_message = 'nonce below the account nonce' WHERE id = %s",
                 [(tx_id,) for tx_id in stale],
             )
+    transaction.on_commit(lambda: _admitted.discard(included))
     updated = ChainState.objects.filter(singleton=1, height=height - 1).update(
         height=height, latest_block_id=bid, latest_block_time=moment
     )
@@ -672,9 +713,13 @@ def _evidence_problem(evidence: Any, height: int) -> str | None:
 
 
 def evidence_record(*, votes: dict[str, Any]) -> bool:
-    """Store evidence of double signing (idempotent); True when it is new and valid."""
+    """Store evidence of double signing (idempotent); True when it is new and valid.
+
+    Conflicting votes are seen while their height is still being decided: that height's
+    evidence is kept too, and goes into a block from the next height on.
+    """
     state = chain_state()
-    problem = _evidence_problem(votes, state.height + 1)
+    problem = _evidence_problem(votes, state.height + 2)
     if problem is not None:
         return False
     first = votes["votes"][0]
