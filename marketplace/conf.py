@@ -36,5 +36,7 @@ PUBLIC_RATE = env_str("AITBC_MARKET_PUBLIC_RATE", "600/min") or "600/min"
 # Outbox: transactions submitted per batch call, and how many submitted ones are checked per run.
 OUTBOX_BATCH = env_int("AITBC_MARKET_OUTBOX_BATCH", 500, minimum=1, maximum=5000)
 OUTBOX_TRACK_LIMIT = env_int("AITBC_MARKET_OUTBOX_TRACK_LIMIT", 500, minimum=1)
+# A sent transaction no block has shown this long is asked about directly (dropped or lost?).
+TRACK_FALLBACK_S = env_int("AITBC_MARKET_TRACK_FALLBACK_S", 10, minimum=0)
 # How long a cached node status (chain id, fee, height) is reused.
 STATUS_MAX_AGE_S = 1.0

@@ -15,12 +15,12 @@ from django.db import transaction
 logger = logging.getLogger("aitbc.marketplace")
 
 
-def enqueue(task_name: str, *args: Any) -> None:
-    """Send ``task_name`` to the workers now (not transactional: see ``on_commit``)."""
+def enqueue(task_name: str, *args: Any, countdown: float | None = None) -> None:
+    """Send ``task_name`` to the workers now, or ``countdown`` seconds from now (not transactional)."""
     from aitbc_site.celery import app
 
     try:
-        app.send_task(task_name, args=args)
+        app.send_task(task_name, args=args, countdown=countdown)
     except Exception:  # a lost kick is caught up by beat; it must never break the write path
         logger.exception("could not enqueue %s", task_name)
 

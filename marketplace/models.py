@@ -281,6 +281,13 @@ class CoordinatorAccount(models.Model):
     next_nonce = models.BigIntegerField(default=0)
 
 
+class OutboxCursor(models.Model):
+    """The last block the outbox has read: transactions are found final by reading blocks."""
+
+    singleton = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    height = models.BigIntegerField(default=0)
+
+
 class OutboxTx(models.Model):
     """A transaction the coordinator owes the chain, tracked until it is final.
 

@@ -39,7 +39,7 @@ def outbox_process() -> dict:
         logger.warning("outbox: the node is unavailable (%s); retrying on the next tick", exc)
         return {"error": str(exc)}
     if report.in_flight and cache.add("marketplace:outbox-follow-up", 1, timeout=OUTBOX_FOLLOW_UP_S):
-        outbox_process.apply_async(countdown=OUTBOX_FOLLOW_UP_S)
+        kicks.enqueue("marketplace.outbox_process", countdown=OUTBOX_FOLLOW_UP_S)
     return asdict(report)
 
 
@@ -56,6 +56,3 @@ def dispatch_pending() -> int:
 @shared_task(name="marketplace.sweep")
 def run_sweep() -> dict:
     return asdict(sweep.sweep())
-
-
-__all__ = ["BEAT_SCHEDULE", "dispatch_job", "dispatch_pending", "kicks", "outbox_process", "run_sweep"]

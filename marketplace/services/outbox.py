@@ -4,6 +4,10 @@ Rows are written in the same database transaction as the decision they carry out
 job's pay, a deposit's refund), so a decision is never lost and never sent twice: one
 row per (job, purpose) and (deposit, purpose), and one escrow per lock.
 
+What became final is learned by reading the new blocks (one request per pass, whatever
+the number in flight); a transaction no block has shown for ``conf.TRACK_FALLBACK_S``
+is asked about directly.
+
 The coordinator's own transactions get their nonce when the row is created, under the
 row lock of its ``CoordinatorAccount``: nonce order is the order of decisions. They are
 signed when first sent (the chain id and fee come from the node then) and sent in nonce
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -35,13 +40,14 @@ from chain.protocol.errors import ProtocolError
 from chain.protocol.tx import NONCE_WINDOW, build_transaction, tx_id
 from marketplace import chain, conf, kicks
 from marketplace.keys import coordinator_address, coordinator_key
-from marketplace.models import CoordinatorAccount, Deposit, DepositPayout, Job, OutboxTx
+from marketplace.models import CoordinatorAccount, Deposit, DepositPayout, Job, OutboxCursor, OutboxTx
 
 logger = logging.getLogger("aitbc.marketplace.outbox")
 
 # Refusals that say "not now" rather than "never": the row waits and is sent again.
 _RETRY_OWN = frozenset({"insufficient_funds", "mempool_full", "rate_limited", "bad_nonce", "duplicate"})
 _RETRY_FOREIGN = frozenset({"mempool_full", "rate_limited"})
+_BLOCKS_PER_READ = 200
 
 
 @dataclass
@@ -134,10 +140,10 @@ def outbox_process(*, client: ChainClient | None = None) -> OutboxReport:
     """One pass: learn what became final, repair nonces, sign, send. Idempotent."""
     client = client or chain.get_chain_client()
     report = OutboxReport()
-    view = chain.chain_view(client)
+    view = chain.chain_view(client, max_age=0)
     key = coordinator_key()
     own_nonce = int(client.account(key.address)["nonce"])
-    _track(client, own_nonce, report)
+    _track(client, own_nonce, view, report)
     _resync(client, key.address, own_nonce, report)
     _sign(key, view)
     _submit(client, key.address, own_nonce, report)
@@ -156,6 +162,8 @@ def submit_now(row_id: int, *, client: ChainClient | None = None) -> OutboxTx:
     if row.own or row.status != OutboxTx.QUEUED:
         return row
     try:
+        # Blocks from here on are read for it (see _scan_blocks): start reading before it can be in one.
+        OutboxCursor.objects.get_or_create(singleton=1, defaults={"height": chain.chain_view(client).height})
         [result] = client.submit_batch([row.tx])
     except (ChainUnavailable, ProtocolError) as exc:
         logger.warning("could not send %s now (%s); the outbox will retry", row.tx_id, exc)
@@ -168,13 +176,15 @@ def submit_now(row_id: int, *, client: ChainClient | None = None) -> OutboxTx:
     return row
 
 
-def _track(client: ChainClient, own_nonce: int, report: OutboxReport) -> None:
-    # Only the coordinator's rows below its account nonce can be final, plus the one at it
-    # (which may have been dropped); a client's lock is asked about directly.
+def _track(client: ChainClient, own_nonce: int, view: chain.ChainView, report: OutboxReport) -> None:
+    _scan_blocks(client, view.height, report)
+    # Rows no block has shown for a while (dropped, lost, or waiting behind a gap), and the
+    # coordinator's rows below its account nonce, which must be final by now.
+    cutoff = timezone.now() - timedelta(seconds=conf.TRACK_FALLBACK_S)
     rows = list(
         OutboxTx.objects.filter(status=OutboxTx.SUBMITTED)
-        .filter(Q(own=False) | Q(nonce__lte=own_nonce))
-        .order_by("own", "nonce", "id")[: conf.OUTBOX_TRACK_LIMIT]
+        .filter(Q(submitted_at__lte=cutoff) | Q(own=True, nonce__lt=own_nonce))
+        .order_by("submitted_at", "id")[: conf.OUTBOX_TRACK_LIMIT]
     )
     for row in rows:
         try:
@@ -195,6 +205,44 @@ def _track(client: ChainClient, own_nonce: int, report: OutboxReport) -> None:
                 # Dropped before inclusion (fee unaffordable, or its nonce taken): the same bytes
                 # again, or a fresh nonce from _resync when that one is gone.
                 _requeue(row, f"dropped by the node ({error.get('code', '?')}): sending it again", report)
+
+
+def _scan_blocks(client: ChainClient, height: int, report: OutboxReport) -> None:
+    cursor, created = OutboxCursor.objects.get_or_create(singleton=1, defaults={"height": height})
+    if created:
+        return  # nothing was sent before this height
+    if cursor.height > height:
+        # The chain is shorter than what was read: a new chain under the same database.
+        logger.warning("outbox: the chain is at height %d, below the %d already read", height, cursor.height)
+        OutboxCursor.objects.filter(singleton=1).update(height=height)
+        return
+    start = cursor.height + 1
+    while start <= height:
+        blocks = client.blocks(start, _BLOCKS_PER_READ)
+        if not blocks:
+            return
+        included: dict[str, tuple[int, str | None]] = {}
+        for block in blocks:
+            results = block.get("results") or {}
+            for included_id in block["tx_ids"]:
+                included[included_id] = (block["height"], results.get(included_id))
+        ids = list(included)
+        for chunk in range(0, len(ids), 500):
+            rows = OutboxTx.objects.filter(
+                tx_id__in=ids[chunk : chunk + 500], status__in=(OutboxTx.SUBMITTED, OutboxTx.QUEUED)
+            )
+            for row in rows:
+                block_height, code = included[row.tx_id]
+                answer = {
+                    "status": "rejected" if code else "committed",
+                    "height": block_height,
+                    "error": {"code": code, "message": "rejected in its block"} if code else None,
+                }
+                _finish(row, answer, report, from_status=row.status)
+        last = blocks[-1]["height"]
+        # Two workers may read the same blocks: finishing is conditional, and the cursor only moves up.
+        OutboxCursor.objects.filter(singleton=1, height__lt=last).update(height=last)
+        start = last + 1
 
 
 def _resync(client: ChainClient, address: str, own_nonce: int, report: OutboxReport) -> None:

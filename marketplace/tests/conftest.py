@@ -55,7 +55,7 @@ def market_env(monkeypatch: pytest.MonkeyPatch, settings, tmp_path: Path) -> Pat
 def kicked(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple]]:
     """The tasks enqueued after commit, recorded instead of sent to a broker."""
     calls: list[tuple[str, tuple]] = []
-    monkeypatch.setattr(kicks, "enqueue", lambda name, *args: calls.append((name, args)))
+    monkeypatch.setattr(kicks, "enqueue", lambda name, *args, countdown=None: calls.append((name, args)))
     return calls
 
 

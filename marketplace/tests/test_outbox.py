@@ -7,6 +7,7 @@ from django.db import IntegrityError, transaction
 
 from chain.models import Transaction as ChainTx
 from chain.protocol.tx import build_transaction
+from marketplace import conf
 from marketplace.models import CoordinatorAccount, Job, OutboxTx
 from marketplace.services import outbox
 from marketplace.tests.support import MIN_FEE
@@ -67,7 +68,8 @@ def test_running_the_outbox_twice_submits_each_transaction_once(market) -> None:
     assert final_statuses() == {"committed": 3}
 
 
-def test_a_transaction_the_node_lost_is_sent_again_with_the_same_bytes(market) -> None:
+def test_a_transaction_the_node_lost_is_sent_again_with_the_same_bytes(market, monkeypatch) -> None:
+    monkeypatch.setattr(conf, "TRACK_FALLBACK_S", 0)
     [row] = self_transfers(market, 1)
     outbox.outbox_process(client=market.ledger)
     row.refresh_from_db()
