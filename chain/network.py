@@ -478,6 +478,8 @@ class ConsensusDriver:
         for output in outputs:
             if isinstance(output, Broadcast):
                 self.gossip.broadcast(json.dumps(output.message, ensure_ascii=False))
+                if self.signer is not None and self.signer.double_sign:
+                    self._double_sign(output.message)
                 if output.message["type"] == "vote" and output.message["vote"]["type"] == "precommit":
                     state = self.height_state
                     if state is not None and state.locked_id is not None:
@@ -489,6 +491,17 @@ class ConsensusDriver:
             elif isinstance(output, Decide):
                 self._decide(output)
                 return
+
+    def _double_sign(self, message: dict) -> None:
+        """Test hook (``AITBC_TEST_DOUBLE_SIGN``): after each prevote, prevote for something else too."""
+        if message["type"] != "vote" or message["vote"]["type"] != "prevote":
+            return
+        vote = message["vote"]
+        other = secrets.token_hex(32) if vote["block_id"] == "" else ""
+        signature = self.signer.sign_vote(self.chain_id, vote["height"], vote["round"], "prevote", other)
+        if signature is not None:
+            conflicting = Vote(vote["height"], vote["round"], "prevote", other, self.signer.address, signature)
+            self.gossip.broadcast(json.dumps(conflicting.message(self.chain_id)))
 
     def _decide(self, decision: Decide) -> None:
         from chain.services import block_commit
@@ -537,6 +550,10 @@ class ConsensusDriver:
             self.gossip.penalize(peer, 20, "message without a type")
             return
         kind = message["type"]
+        if kind in ("hello", "status"):
+            # These describe one connection, not gossip: a node's hello on its second connection
+            # (or its status to two peers) is the same text, and must still name that peer.
+            self.seen.pop(digest, None)
         if kind == "hello":
             self._on_hello(peer, message)
         elif kind == "status":

@@ -76,6 +76,7 @@ def block_dict(block: Block) -> dict[str, Any]:
         "tx_ids": block.tx_ids,
         "results": block.results,
         "commit": block.commit,
+        "evidence": block.evidence,
     }
 
 
