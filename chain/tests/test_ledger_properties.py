@@ -223,7 +223,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # Every step submits a batch and produces at least one block; now and then several
     # blocks at once, so that escrow timeouts pass.
-    @rule(ops=st.lists(operation, min_size=8, max_size=40), blocks=st.sampled_from([1, 1, 1, 1, 2, 4]))
+    @rule(ops=st.lists(operation, min_size=12, max_size=60), blocks=st.sampled_from([1, 1, 1, 1, 1, 3]))
     def submit_and_produce(self, ops: list[tuple], blocks: int) -> None:
         self.admit(ops)
         for _ in range(blocks):
@@ -321,14 +321,12 @@ class LedgerMachine(RuleBasedStateMachine):
             )
             assert outcome.included and outcome.code == block.results.get(included), (outcome, block.results)
             self.included_per_sender[tx["from"]] += 1
-        # No other transaction claims to be included.
-        assert Transaction.objects.filter(height__isnull=False).count() == len(self.placed)
-
         stored = stored_state()
         assert stored.supply == SUPPLY, f"supply {stored.supply} != {SUPPLY} at height {block.height}"
         assert all(balance >= 0 for balance, _nonce in stored.accounts.values())
         for address, (_balance, nonce) in stored.accounts.items():
             assert nonce == self.included_per_sender[address], f"{address}: nonce {nonce}"
+        # Counted from the rows: no other transaction claims to be included.
         per_sender_rows = dict(
             Transaction.objects.filter(height__isnull=False).values_list("sender").annotate(n=Count("id"))
         )
@@ -355,8 +353,8 @@ def test_ledger_invariants_hold_under_random_operations():
     run_state_machine_as_test(
         LedgerMachine,
         settings=settings(
-            max_examples=20,
-            stateful_step_count=30,
+            max_examples=12,
+            stateful_step_count=25,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
         ),
