@@ -6,10 +6,21 @@ code; its fee is paid to the proposer and its nonce used (protocol.md, Applicati
 
 from __future__ import annotations
 
+import pytest
+
+from chain import services
 from chain.models import Block, Transaction
 from chain.protocol.tx import tx_id
 from chain.tests.harness import ChainHarness, assert_error, replayed_state, stored_state
-from chain.tests.support import MIN_ESCROW_BLOCKS, MIN_FEE, escrow_lock, escrow_pay, escrow_refund, transfer
+from chain.tests.support import (
+    MIN_ESCROW_BLOCKS,
+    MIN_FEE,
+    escrow_lock,
+    escrow_pay,
+    escrow_refund,
+    make_genesis,
+    transfer,
+)
 
 
 def assert_ledger_consistent(chain: ChainHarness) -> None:
@@ -182,3 +193,23 @@ def test_included_transactions_are_stored_once_with_their_block_height(chain: Ch
     assert Block.objects.count() == 1
     assert chain.produce().tx_ids == []
     assert_ledger_consistent(chain)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: _select_candidates reads only the oldest max_block_txs * 2 + 100 pending rows, so "
+    "transactions stuck behind nonce gaps that fill that window starve every later ready transaction",
+)
+@pytest.mark.django_db
+def test_transactions_stuck_behind_nonce_gaps_do_not_starve_ready_ones(client, chain_keys):
+    genesis = make_genesis(chain_keys, max_block_txs=1)
+    services.genesis_load(genesis=genesis)
+    chain = ChainHarness(client, chain_keys, genesis)
+    alice, bob, carol = chain.keys.alice, chain.keys.bob, chain.keys.carol
+    # 102 (= 1 * 2 + 100) transactions that wait for nonces 0 of alice and bob, which never come.
+    chain.batch([transfer(alice, n, carol.address, 1) for n in range(1, 64)])
+    chain.batch([transfer(bob, n, carol.address, 1) for n in range(1, 40)])
+    ready = chain.submit(transfer(carol, 0, alice.address, 1))
+    for _ in range(3):
+        chain.produce()
+    assert chain.tx_status(ready)["status"] == "committed"

@@ -10,7 +10,7 @@ from chain import services
 from chain.models import Account, ChainState
 from chain.protocol.errors import ProtocolError
 from chain.tests.harness import ChainHarness
-from chain.tests.support import ALLOCATION, transfer
+from chain.tests.support import ALLOCATION, named_key, transfer
 
 
 def test_second_load_of_the_same_genesis_applies_nothing(chain: ChainHarness):
@@ -86,3 +86,10 @@ def test_status_repeats_the_genesis_params(chain: ChainHarness):
     assert status["params"] == chain.genesis["params"]
     assert status["chain_id"] == chain.genesis["chain_id"]
     assert status["height"] == 0
+
+
+def test_an_address_never_seen_has_balance_and_nonce_zero(chain: ChainHarness):
+    outsider = named_key("never-seen").address
+    assert chain.get(f"/v1/chain/accounts/{outsider}").json() == {"address": outsider, "balance": 0, "nonce": 0}
+    alice = chain.keys.alice.address
+    assert chain.get(f"/v1/chain/accounts/{alice}").json() == {"address": alice, "balance": ALLOCATION, "nonce": 0}
