@@ -222,13 +222,11 @@ def provider_offline(*, address: str, reason: str) -> int:
 def providers_mark_silent_offline() -> int:
     """Beat: providers silent past the limit go offline (their jobs fail over). Idempotent."""
     cutoff = timezone.now() - timedelta(seconds=conf.OFFLINE_AFTER_S)
-    silent = list(Provider.objects.filter(online=True, last_seen_at__lt=cutoff).values_list("address", flat=True))
-    # Online providers that hold jobs but were never seen are silent too.
-    silent += list(Provider.objects.filter(online=True, last_seen_at__isnull=True).values_list("address", flat=True))
-    # A provider offline already can still hold jobs (marked offline between two sweeps).
-    holders = Job.objects.filter(state__in=Job.IN_FLIGHT, provider__online=False).values_list("provider_id", flat=True)
-    count = 0
-    for address in set(silent) | set(holders):
+    silent = set(Provider.objects.filter(online=True, last_seen_at__lt=cutoff).values_list("address", flat=True))
+    # An offline provider still holding jobs (it went offline while one was being assigned) loses them too.
+    silent |= set(
+        Job.objects.filter(state__in=Job.IN_FLIGHT, provider__online=False).values_list("provider_id", flat=True)
+    )
+    for address in silent:
         provider_offline(address=address, reason=f"silent for more than {conf.OFFLINE_AFTER_S} s")
-        count += 1
-    return count
+    return len(silent)

@@ -67,8 +67,7 @@ def test_expired_jobs_are_refunded_once_even_when_the_sweep_runs_twice(market, m
     ids = [submit(market) for _ in range(3)]
     market.pump()
     # All three wait for too long: one assigned but never accepted, one running, one funded.
-    first, second, third = ids
-    market.http  # noqa: B018
+    _first, second, third = ids
     Job.objects.filter(pk=second).update(state=Job.RUNNING)
     Job.objects.filter(pk=third).update(state=Job.FUNDED, provider=None, offer=None)
     Job.objects.filter(pk__in=ids).update(expires_at=timezone.now() - timedelta(seconds=1))
