@@ -15,7 +15,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,7 @@ from nacl.pwhash import argon2id
 
 from chain.models import Account, Block, ChainState, Escrow, Transaction
 from chain.protocol.keys import Key
-from chain.protocol.tx import tx_id
+from chain.protocol.tx import NONCE_WINDOW, tx_id
 from chain.tests.harness import BATCH, SUBMIT, assert_error
 from chain.tests.support import (
     ALLOCATION,
@@ -301,58 +301,73 @@ def check_node_database(files: NodeFiles, reported_committed: dict[str, int], wh
 
 @dataclass
 class Traffic:
-    """Transactions from the funded accounts and the arbiter, built so that admission accepts them."""
+    """Transactions from the funded accounts and the arbiter, built so that admission accepts them.
+
+    A sender's nonces stay within the window of what the blocks seen so far included,
+    escrows are paid and refunded only once their lock is committed, and never beyond
+    what was locked.
+    """
 
     keys: Keys
     rng: random.Random
     built: dict[str, dict[int, dict[str, Any]]] = field(default_factory=lambda: defaultdict(dict))
-    next_nonce: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    next_nonce: Counter = field(default_factory=Counter)
+    included: Counter = field(default_factory=Counter)  # per sender, in the blocks seen: a floor of its nonce
+    sender_of: dict[str, str] = field(default_factory=dict)
+    seen_height: int = 0
     open_escrows: dict[str, int] = field(default_factory=dict)  # committed escrow -> what we may still pay
     pending_locks: dict[str, int] = field(default_factory=dict)  # lock id -> amount
     ids: list[str] = field(default_factory=list)
+
+    def _room(self, key: Key) -> bool:
+        return self.next_nonce[key.address] <= self.included[key.address] + NONCE_WINDOW
 
     def _take(self, key: Key) -> int:
         nonce = self.next_nonce[key.address]
         self.next_nonce[key.address] += 1
         return nonce
 
-    def _keep(self, key: Key, tx: dict[str, Any]) -> dict[str, Any]:
-        self.built[key.address][tx["nonce"]] = tx
-        return tx
+    def _keep(self, tx: dict[str, Any], txs: list[dict[str, Any]]) -> str:
+        self.built[tx["from"]][tx["nonce"]] = tx
+        this_id = tx_id(tx)
+        self.sender_of[this_id] = tx["from"]
+        self.ids.append(this_id)
+        txs.append(tx)
+        return this_id
 
     def batch(self, size: int, height: int) -> list[dict[str, Any]]:
         funded, arbiter = self.keys.funded, self.keys.arbiter
-        txs = []
+        txs: list[dict[str, Any]] = []
         for _ in range(size):
             roll = self.rng.random()
-            if roll < 0.05:
-                payer = funded[0]
+            if roll < 0.05 and self._room(funded[0]):
                 amount = self.rng.randint(1_000, 100_000)
                 timeout = height + 1 + MIN_ESCROW_BLOCKS + 100
-                tx = escrow_lock(
-                    payer, self._take(payer), amount=amount, arbiter=arbiter.address, timeout_height=timeout
-                )
-                self.pending_locks[tx_id(tx)] = amount
-                txs.append(self._keep(payer, tx))
-            elif roll < 0.15 and self.open_escrows:
+                nonce = self._take(funded[0])
+                lock = escrow_lock(funded[0], nonce, amount=amount, arbiter=arbiter.address, timeout_height=timeout)
+                self.pending_locks[self._keep(lock, txs)] = amount
+            elif roll < 0.15 and self.open_escrows and self._room(arbiter):
                 escrow = self.rng.choice(sorted(self.open_escrows))
                 if self.rng.random() < 0.2:
                     del self.open_escrows[escrow]
-                    tx = escrow_refund(arbiter, self._take(arbiter), escrow=escrow)
+                    self._keep(escrow_refund(arbiter, self._take(arbiter), escrow=escrow), txs)
                 elif self.open_escrows[escrow] > 0:
                     amount = self.rng.randint(1, self.open_escrows[escrow])
                     self.open_escrows[escrow] -= amount
                     to = self.rng.choice(funded).address
-                    tx = escrow_pay(arbiter, self._take(arbiter), escrow=escrow, to=to, amount=amount)
-                else:
-                    continue
-                txs.append(self._keep(arbiter, tx))
+                    self._keep(escrow_pay(arbiter, self._take(arbiter), escrow=escrow, to=to, amount=amount), txs)
             else:
                 sender, recipient = self.rng.sample(funded, 2)
-                tx = transfer(sender, self._take(sender), recipient.address, self.rng.randint(1, 10_000))
-                txs.append(self._keep(sender, tx))
-        self.ids.extend(tx_id(tx) for tx in txs)
+                if self._room(sender):
+                    amount = self.rng.randint(1, 10_000)
+                    self._keep(transfer(sender, self._take(sender), recipient.address, amount), txs)
         return txs
+
+    def saw_block(self, block: dict[str, Any]) -> None:
+        assert block["height"] == self.seen_height + 1
+        self.seen_height = block["height"]
+        for included in block["tx_ids"]:
+            self.included[self.sender_of[included]] += 1
 
     def unsettled(self, nonces: dict[str, int]) -> list[dict[str, Any]]:
         """What was built from each account's nonce on: lost in a kill unless it was admitted."""
@@ -363,14 +378,12 @@ class Traffic:
 
 def flow_until_killed(
     node: LiveNode, traffic: Traffic, reported_committed: dict[str, int], kill_after: float, rng: random.Random
-) -> int:
+) -> None:
     """Submit batches and watch blocks until the node dies (SIGKILL after ``kill_after`` seconds)."""
     pid = node.spawned.pid
     killer = threading.Timer(kill_after, lambda: os.killpg(pid, signal.SIGKILL))
     killer.start()
     deadline = time.monotonic() + kill_after + 30
-    batches = 0
-    next_height = 1
     try:
         while time.monotonic() < deadline:
             try:
@@ -379,14 +392,13 @@ def flow_until_killed(
                 assert response.status_code == 200, response.text
                 codes = {r["error"]["code"] for r in response.json() if "error" in r}
                 assert not codes, f"refused at admission: {codes}"
-                batches += 1
                 # What the RPC reports committed, from the blocks and from transactions' own status.
-                blocks = node.get(f"/v1/chain/blocks?from={next_height}&limit=1000").json()["blocks"]
+                blocks = node.get(f"/v1/chain/blocks?from={traffic.seen_height + 1}&limit=1000").json()["blocks"]
                 for block in blocks:
+                    traffic.saw_block(block)
                     for included in block["tx_ids"]:
                         if included not in block["results"]:
                             reported_committed[included] = block["height"]
-                    next_height = block["height"] + 1
                 for lock_id in list(traffic.pending_locks):
                     detail = node.get(f"{SUBMIT}/{lock_id}").json()
                     if detail["status"] == "committed":
@@ -406,7 +418,6 @@ def flow_until_killed(
         killer.join()
     node.spawned.process.wait(30)
     assert node.spawned.process.returncode == -signal.SIGKILL
-    return batches
 
 
 def test_node_killed_while_applying_blocks_recovers_its_state(spawn, tmp_path: Path, chain_keys: Keys):
