@@ -28,6 +28,12 @@ class HealthServer:
         snapshot = self.snapshot
 
         class Handler(BaseHTTPRequestHandler):
+            def handle(self) -> None:
+                try:
+                    super().handle()
+                except (ConnectionResetError, BrokenPipeError):
+                    pass  # a health checker that hung up; nothing to report
+
             def do_GET(self) -> None:
                 if self.path.split("?", 1)[0].rstrip("/") == "/health":
                     status, body = 200, snapshot()

@@ -135,6 +135,12 @@ def _handler(standin: OllamaStandin) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
+        def handle(self) -> None:
+            try:
+                super().handle()
+            except (ConnectionResetError, BrokenPipeError):
+                pass  # a client that closes mid-stream (a cancel) is normal for Ollama
+
         def log_message(self, format: str, *args: Any) -> None:
             pass
 

@@ -106,8 +106,8 @@ class ScriptedCoordinator:
 
     def stop(self) -> None:
         if self._server is not None:
+            # A graceful exit: a long poll still waiting ends within poll_wait rather than being cancelled.
             self._server.should_exit = True
-            self._server.force_exit = True
         if self._thread is not None:
             self._thread.join(10)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -115,6 +116,8 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         if not coordinator:
             raise CommandError("no coordinator: give --coordinator URL or set AITBC_COORDINATOR_URL")
+        if urlsplit(coordinator).scheme not in ("http", "https") or not urlsplit(coordinator).hostname:
+            raise CommandError(f"the coordinator URL must be http(s)://host[:port], got {coordinator!r}")
         kind = options["backend"]
         options["context_length"] = options["context_length"] or DEFAULT_CONTEXT[kind]
         concurrency = options["concurrency"] or DEFAULT_CONCURRENCY[kind]
