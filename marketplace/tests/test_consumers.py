@@ -171,3 +171,47 @@ def test_the_browser_events_socket_keeps_its_origin_check(settings) -> None:
         assert not connected
 
     async_to_sync(scenario)()
+
+
+def test_the_owner_sees_the_jobs_states_and_streamed_chunks_live(market, channel_layer, django_user_model) -> None:
+    from django.test import Client
+
+    user = django_user_model.objects.create_user("watcher")
+    browser = Client()
+    browser.force_login(user)
+    cookie = f"sessionid={browser.cookies['sessionid'].value}".encode()
+    provider = market.provider("p1")
+
+    async def scenario() -> None:
+        events = WebsocketCommunicator(
+            application,
+            "/ws/events/",
+            headers=[(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1"), (b"cookie", cookie)],
+        )
+        try:
+            assert (await events.connect(TIMEOUT))[0]
+            await events.receive_json_from(TIMEOUT)  # hello
+            job_id = (await sync_to_async(market.submit)(http=browser)).json()["id"]
+            await sync_to_async(market.pump)()
+            [wire] = await sync_to_async(provider.assigned)()
+            await sync_to_async(provider.accept)(job_id)
+            await sync_to_async(provider.send)(job_id, {"type": "chunk", "index": 0, "text": "Hel"})
+            await sync_to_async(provider.result)(wire, "Hello")
+            seen, public = [], []
+            while "completed" not in seen or "completed" not in public:
+                event = await events.receive_json_from(TIMEOUT)
+                if event["type"] == "job":
+                    assert event["job_id"] == job_id
+                    seen.append(event["state"])
+                elif event["type"] == "job.chunk":
+                    seen.append(f"chunk:{event['text']}")
+                elif event["type"] == "jobs":
+                    assert set(event) == {"type", "job_id", "state", "model"}  # nothing private
+                    public.append(event["state"])
+            assert seen == ["submitted", "funded", "assigned", "running", "chunk:Hel", "completed"]
+            assert public == ["submitted", "funded", "assigned", "running", "completed"]
+        finally:
+            await events.disconnect()
+            await close_layer()
+
+    async_to_sync(scenario)()
