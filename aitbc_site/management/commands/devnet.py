@@ -23,12 +23,14 @@ from aitbc_site.devnet import Devnet, Part, read_or_create_secret, write_json_at
 from chain.protocol.block import PARAM_BOUNDS, PARAMS, check_genesis
 from chain.protocol.errors import ProtocolError
 from chain.protocol.keys import Key
+from marketplace.keys import coordinator_key
 
 logger = logging.getLogger("aitbc.devnet")
 
 CHAIN_ID = "aitbc-devnet-1"
 FAUCET_FUNDS = 1_000_000 * 1_000_000  # 1,000,000 AIT
 VALIDATOR_FUNDS = 1_000 * 1_000_000
+COORDINATOR_FUNDS = 1_000 * 1_000_000  # fees of the coordinator's escrow pays and refunds
 
 
 def ensure_admin(password: str) -> None:
@@ -162,14 +164,70 @@ class Command(BaseCommand):
                 "password_file": str(devnet.dir / "faucet.password"),
             },
             "nodes": [],
-            "coordinator": {"pid": None, "url": web_url, "address": None},
+            "coordinator": {"pid": None, "url": web_url, "address": coordinator_key().address},
             "providers": [],
             "gateway": None,
         }
+        providers = []
+        for index in range(options["providers"]):
+            name = f"provider{index}"
+            provider_dir = devnet.dir / "providers" / name
+            provider_port = port + 8 + 10 * index
+            keystore, password = provider_dir / "provider.keystore.json", provider_dir / "provider.password"
+            if not keystore.exists():
+                write_keystore(Key.generate(), keystore, password)
+            address = json.loads(keystore.read_text(encoding="utf-8"))["address"]
+            env = {"AITBC_DATA_DIR": str(provider_dir)}
+            argv = devnet.manage(
+                "provider",
+                "serve",
+                "--backend",
+                "llamacpp",
+                "--coordinator",
+                web_url,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(provider_port),
+                "--name",
+                name,
+                "--key",
+                str(keystore),
+                "--password-file",
+                str(password),
+                "--node-url",
+                node_url,
+            )
+            part = devnet.add(
+                Part(
+                    role="provider",
+                    name=name,
+                    argv=argv,
+                    env=env,
+                    health_url=f"{devnet.url(provider_port)}/health",
+                    log_path=provider_dir / "provider.log",
+                )
+            )
+            providers.append(
+                (
+                    part,
+                    {
+                        "name": name,
+                        "url": devnet.url(provider_port),
+                        "address": address,
+                        "models": ["smollm2:135m"],
+                        "argv": argv,
+                        "env": env,
+                    },
+                )
+            )
 
         def refresh() -> None:
             devnet.network["nodes"] = [dict(info, pid=part.pid if part.running() else None) for part, info in nodes]
             devnet.network["coordinator"]["pid"] = web.pid if web.running() else None
+            devnet.network["providers"] = [
+                dict(info, pid=part.pid if part.running() else None) for part, info in providers
+            ]
 
         try:
             devnet.start_all(timeout=options["startup_timeout"])
@@ -212,6 +270,7 @@ class Command(BaseCommand):
             "params": params,
             "validators": [{"address": k.address, "pubkey": k.pubkey_hex, "power": 1} for k in validator_keys],
             "allocations": [{"address": faucet.address, "amount": FAUCET_FUNDS}]
+            + [{"address": coordinator_key().address, "amount": COORDINATOR_FUNDS}]
             + [{"address": k.address, "amount": VALIDATOR_FUNDS} for k in validator_keys],
         }
         try:
@@ -230,6 +289,9 @@ class Command(BaseCommand):
         write(f"  health                {network['dashboard_url']}/health")
         for node in network["nodes"]:
             write(f"  {node['name']:<20}  {node['rpc_url']}/status  (validator {node['validator_address']})")
+        write(f"  coordinator           {network['coordinator']['url']}  (arbiter {network['coordinator']['address']})")
+        for provider in network["providers"]:
+            write(f"  {provider['name']:<20}  {provider['url']}/health  (models {', '.join(provider['models'])})")
         faucet = network["faucet"]
         write(f"  faucet wallet         {faucet['address']}")
         write(f"  network description   {devnet.dir / 'network.json'}")
