@@ -17,6 +17,17 @@ MAX_TOKENS = 32_768
 ROLES = ("system", "user", "assistant")
 
 
+def check_text(value: str, what: str) -> str:
+    """Text that travels to providers and into receipts: valid UTF-8 (no lone surrogates), no NUL."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise serializers.ValidationError(f"{what} is not valid Unicode (a lone surrogate)") from None
+    if "\x00" in value:
+        raise serializers.ValidationError(f"{what} contains a NUL character")
+    return value
+
+
 class StrictIntegerField(serializers.IntegerField):
     """A JSON integer only: no strings, floats or booleans (protocol.md's integers)."""
 
@@ -86,6 +97,16 @@ class JobCreateInput(serializers.Serializer):
             raise serializers.ValidationError("give exactly one of prompt and messages")
         if "messages" in attrs and not attrs["messages"]:
             raise serializers.ValidationError("messages must not be empty")
+        texts = [attrs["prompt"]] if "prompt" in attrs else [m["content"] for m in attrs["messages"]]
+        if sum(len(text) for text in texts) > MAX_PROMPT_CHARS:
+            raise serializers.ValidationError(f"the input is longer than {MAX_PROMPT_CHARS} characters")
+        for text in [*texts, *attrs.get("stop", []), attrs["model"]]:
+            check_text(text, "the input")
+        attrs["messages" if "messages" in attrs else "prompt"] = (
+            [{"role": m["role"], "content": m["content"]} for m in attrs["messages"]]
+            if "messages" in attrs
+            else attrs["prompt"]
+        )
         return attrs
 
 

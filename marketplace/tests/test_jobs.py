@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from chain.protocol.market import job_charge
@@ -140,7 +142,17 @@ def test_malformed_requests_are_refused_with_the_error_shape(market) -> None:
         },
         {"model": MODEL, "prompt": "x", "max_tokens": 5.0, "max_price": 10, "payment": {"deposit": "d"}},
         {"model": MODEL, "prompt": "x", "max_tokens": 5, "max_price": "10", "payment": {"deposit": "d"}},
+        {"model": MODEL, "prompt": "nul \x00", "max_tokens": 5, "max_price": 10, "payment": {"deposit": "d"}},
+        {"model": MODEL, "prompt": "x", "max_tokens": 5, "max_price": 10, "payment": {"deposit": "d", "wallet": "w"}},
     ):
         response = market.http.post("/v1/jobs", data=body, content_type="application/json")
         assert response.status_code == 400, body
         assert set(response.json()) == {"error"} and response.json()["error"]["code"] == "malformed"
+
+
+def test_text_that_cannot_travel_as_utf8_is_refused(market) -> None:
+    market.provider("p1")
+    body = {"model": MODEL, "prompt": "PLACEHOLDER", "max_tokens": 5, "max_price": 10, "payment": {"deposit": "d"}}
+    raw = json.dumps(body).replace("PLACEHOLDER", "\\ud800")  # a lone surrogate, as JSON allows it
+    response = market.http.post("/v1/jobs", data=raw, content_type="application/json")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "malformed"
