@@ -80,7 +80,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-        serve = actions.add_parser("serve", help="register offers and serve jobs until SIGINT/SIGTERM")
+        # No abbreviations: "--password SECRET" must be an error, not a prefix of --password-file.
+        serve = actions.add_parser(
+            "serve", help="register offers and serve jobs until SIGINT/SIGTERM", allow_abbrev=False
+        )
         serve.add_argument("--backend", choices=BACKENDS, default="ollama", help="inference backend (default ollama)")
         serve.add_argument(
             "--model",
