@@ -344,28 +344,33 @@ def _select_candidates(limit: int) -> tuple[list[Candidate], list[str]]:
     Returns the candidates in block order and the ids of stale pending ones
     (nonce below the account's, which can no longer apply).
     """
-    rows = list(
-        Transaction.objects.filter(status=Transaction.PENDING)
-        .order_by("seq")
-        .values_list("id", "sender", "nonce", "fee", "type")[: limit * 2 + 100]
-    )
-    if not rows:
-        return [], []
-    senders = list({r[1] for r in rows})
-    nonces: dict[str, int] = {}
-    for chunk in _chunks(senders):
-        nonces.update(Account.objects.filter(address__in=chunk).values_list("address", "nonce"))
+    tx_table, account_table = Transaction._meta.db_table, Account._meta.db_table
+    with connection.cursor() as cursor:
+        # Senders whose next transaction is ready (its nonce is the account's), oldest first.
+        # Transactions waiting behind a nonce gap are not read at all, so however many
+        # there are they cannot crowd ready ones out of the block.
+        cursor.execute(
+            f"SELECT t.sender, t.nonce FROM {tx_table} t LEFT JOIN {account_table} a ON a.address = t.sender "
+            f"WHERE t.status = 'pending' AND t.nonce = COALESCE(a.nonce, 0) ORDER BY t.seq LIMIT %s",
+            [limit],
+        )
+        heads = cursor.fetchall()
+        cursor.execute(
+            f"SELECT t.id FROM {tx_table} t JOIN {account_table} a ON a.address = t.sender "
+            f"WHERE t.status = 'pending' AND t.nonce < a.nonce LIMIT 1000"
+        )
+        stale = [row[0] for row in cursor.fetchall()]
+    if not heads:
+        return [], stale
     by_sender: dict[str, dict[int, tuple]] = defaultdict(dict)
-    first_seen: dict[str, int] = {}
-    for position, row in enumerate(rows):
-        by_sender[row[1]][row[2]] = row
-        first_seen.setdefault(row[1], position)
+    for chunk in _chunks([sender for sender, _n in heads]):
+        for row in Transaction.objects.filter(status=Transaction.PENDING, sender__in=chunk).values_list(
+            "id", "sender", "nonce", "fee", "type"
+        ):
+            by_sender[row[1]][row[2]] = row
     chosen_rows: list[tuple] = []
-    stale: list[str] = []
-    for sender in sorted(by_sender, key=first_seen.__getitem__):
-        expected = nonces.get(sender, 0)
+    for sender, expected in heads:
         txs = by_sender[sender]
-        stale.extend(row[0] for nonce, row in txs.items() if nonce < expected)
         while expected in txs and len(chosen_rows) < limit:
             chosen_rows.append(txs[expected])
             expected += 1

@@ -195,11 +195,6 @@ def test_included_transactions_are_stored_once_with_their_block_height(chain: Ch
     assert_ledger_consistent(chain)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: _select_candidates reads only the oldest max_block_txs * 2 + 100 pending rows, so "
-    "transactions stuck behind nonce gaps that fill that window starve every later ready transaction",
-)
 @pytest.mark.django_db
 def test_transactions_stuck_behind_nonce_gaps_do_not_starve_ready_ones(client, chain_keys):
     genesis = make_genesis(chain_keys, max_block_txs=1)
