@@ -177,7 +177,8 @@ def test_cancel_stops_the_generation_and_receipts_what_was_produced(coordinator,
 def test_health_reports_state_and_payments_received(coordinator, start_daemon, ollama_backend, caplog):
     caplog.set_level(logging.INFO, logger="aitbc.provider")
     daemon = start_daemon(ollama_backend)
-    coordinator.wait_for(lambda: coordinator.connected(daemon.address))
+    # The coordinator counts the socket when it sends the welcome; the provider, once it has read it.
+    coordinator.wait_for(lambda: daemon.daemon.connected, what="the provider to see the welcome")
     health = requests.get(daemon.health_url, timeout=5).json()
     assert health == {
         "status": "ok",
