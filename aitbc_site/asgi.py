@@ -11,6 +11,7 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
 from aitbc_site.routing import (  # noqa: E402
@@ -21,7 +22,9 @@ from aitbc_site.routing import (  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # The dashboard's and the API docs' assets are served by this process (from the apps'
+        # static folders, no collectstatic or CDN needed); a proxy in front may serve STATIC_ROOT.
+        "http": ASGIStaticFilesHandler(django_asgi_app),
         "websocket": URLRouter(
             [
                 # Providers are programs, not browsers: no Origin to check and no session to

@@ -218,6 +218,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        # Every error answer documented with its one shape; /health, /metrics and the webhook added.
+        "aitbc_site.openapi.postprocess",
+    ],
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -234,6 +239,20 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
+
+# The dashboard (server-rendered pages behind login).
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+# /metrics: loopback clients, or anyone with this bearer token.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+
+# The devnet's faucet (POST /v1/faucet): configured when both files exist.
+FAUCET_KEYSTORE = Path(env_str("AITBC_FAUCET_KEYSTORE") or DATA_DIR / "devnet" / "faucet.keystore.json")
+FAUCET_PASSWORD_FILE = Path(env_str("AITBC_FAUCET_PASSWORD_FILE") or DATA_DIR / "devnet" / "faucet.password")
+FAUCET_AMOUNT = env_int("AITBC_FAUCET_AMOUNT", 10_000_000, minimum=1)
+FAUCET_PER_HOUR = env_int("AITBC_FAUCET_PER_HOUR", 20, minimum=1)
 
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"

@@ -67,3 +67,28 @@ def automation_summary() -> dict[str, Any]:
             received_at__gte=timezone.now() - timedelta(hours=24)
         ).count(),
     }
+
+
+# -- the dashboard's automation page -----------------------------------------------------------
+
+
+def claim_list(limit: int = 50) -> list[Claim]:
+    """Claims, most recently changed first."""
+    return list(Claim.objects.order_by("-updated_at", "-id")[:limit])
+
+
+def pull_request_list(limit: int = 50) -> list[PullRequestState]:
+    """Pull requests with their review state: open ones first, then the most recently changed."""
+    open_first = PullRequestState.objects.order_by("-updated_at", "-id")
+    rows = list(open_first.filter(state="open")[:limit])
+    if len(rows) < limit:
+        rows += list(open_first.exclude(state="open")[: limit - len(rows)])
+    return rows
+
+
+def run_list(*, errors_only: bool = False, limit: int = 30) -> list[dict[str, Any]]:
+    """Recent runs of the automation jobs (or only those that failed), newest first."""
+    runs = Run.objects.order_by("-started_at", "-id")
+    if errors_only:
+        runs = runs.filter(status=Run.ERROR)
+    return [_run_dict(run) | {"error": run.error or None} for run in runs[:limit]]

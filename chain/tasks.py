@@ -2,7 +2,10 @@ from __future__ import annotations
 
 from celery import shared_task
 
-BEAT_SCHEDULE = {"chain consensus tick": ("chain.consensus_tick", 1)}
+BEAT_SCHEDULE = {
+    "chain consensus tick": ("chain.consensus_tick", 1),
+    "chain watch head": ("chain.watch_head", 1),
+}
 
 
 @shared_task(name="chain.consensus_tick", ignore_result=True)
@@ -17,3 +20,19 @@ def consensus_tick() -> None:
     current = driver()
     if current is not None:
         current.tick()
+
+
+@shared_task(name="chain.watch_head", ignore_result=True)
+def watch_head() -> None:
+    """Tell the dashboard's websockets about new blocks of the node this web process uses.
+
+    A no-op in a node process, which announces the blocks it applies itself. Idempotent:
+    each height is announced once, whoever runs the task (``chain.headwatch``).
+    """
+    from chain.network import driver
+
+    if driver() is not None:
+        return
+    from chain.headwatch import watch_once
+
+    watch_once()

@@ -1,6 +1,6 @@
 from django.urls import path, register_converter
 
-from chain import api
+from chain import api, explorer_api
 
 
 class HeightConverter:
@@ -24,5 +24,14 @@ urlpatterns = [
     path("v1/chain/escrows/<str:escrow_id>", api.EscrowView.as_view(), name="chain-escrow"),
     path("v1/chain/blocks", api.BlocksView.as_view(), name="chain-blocks"),
     path("v1/chain/blocks/<height:height>", api.BlockView.as_view(), name="chain-block"),
+    path("v1/chain/explorer/transactions", explorer_api.RecentTransactionsView.as_view(), name="chain-explorer-txs"),
+    path(
+        "v1/chain/explorer/accounts/<str:address>/transactions",
+        explorer_api.AccountTransactionsView.as_view(),
+        name="chain-explorer-account-txs",
+    ),
+    path("v1/chain/explorer/escrows", explorer_api.EscrowListView.as_view(), name="chain-explorer-escrows"),
+    path("v1/chain/explorer/stats", explorer_api.StatsView.as_view(), name="chain-explorer-stats"),
+    path("v1/chain/explorer/search", explorer_api.SearchView.as_view(), name="chain-explorer-search"),
     path("v1/test/partition", api.TestPartitionView.as_view(), name="chain-test-partition"),
 ]

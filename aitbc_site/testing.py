@@ -1,0 +1,87 @@
+"""Test support for the dashboard: the node's RPC served in-process.
+
+The dashboard reads the chain from a node over HTTP. In the database-layer tests the
+"node" is this same test process: the real RPC views (``chain.api``,
+``chain.explorer_api``) over the test database, reached through Django's test client
+instead of a socket, with ``HttpChainClient``'s own request and error handling. The
+process-level tests (``aitbc_site/tests/test_browser.py``) use a real devnet instead.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.test import Client
+
+NODE_URL = "http://node.test"
+
+
+class _Response:
+    def __init__(self, response) -> None:
+        self.status_code = response.status_code
+        self.content = response.content
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class InProcessSession:
+    """The part of ``requests.Session`` that ``HttpChainClient`` uses, answered by Django's test client."""
+
+    def __init__(self) -> None:
+        self.client = Client()
+
+    def request(self, method: str, url: str, *, timeout: float | None = None, params=None, data=None, headers=None):
+        path = urlsplit(url).path
+        if method == "GET":
+            query = {k: v for k, v in (params or {}).items() if v is not None}
+            return _Response(self.client.get(path, query))
+        return _Response(self.client.generic(method, path, data or b"", content_type="application/json"))
+
+
+@dataclass
+class InProcessNode:
+    """A loaded test chain and the client the dashboard uses to read it."""
+
+    client: Any
+    keys: Any
+    genesis: dict[str, Any]
+
+    def produce(self, *, now: bool = True):
+        """The next block (timed now, so it falls within the dashboard's last hour)."""
+        from chain import services
+        from chain.models import ChainState
+
+        state = ChainState.objects.get()
+        last_ms = int(state.latest_block_time.timestamp() * 1000)
+        now_ms = max(int(time.time() * 1000), last_ms + state.params["block_time_ms"]) if now else None
+        block = services.block_produce(key=self.keys.validator, now_ms=now_ms)
+        assert block is not None
+        return block
+
+    def submit(self, tx: dict[str, Any]) -> str:
+        return self.client.submit(tx)
+
+
+def start_in_process_node(monkeypatch) -> InProcessNode:
+    """Load the chain tests' genesis and point the dashboard, wallet and faucet at it."""
+    from django.core.cache import cache
+
+    from aitbc_site import shared_state
+    from chain import dashboard, services
+    from chain.tests.support import fixed_keys, make_genesis
+    from wallet import chain as wallet_chain
+
+    keys = fixed_keys()
+    genesis = make_genesis(keys)
+    services.genesis_load(genesis=genesis)
+    client = dashboard.ExplorerClient(NODE_URL, session=InProcessSession())
+    monkeypatch.setattr(dashboard, "client", lambda: client)
+    monkeypatch.setattr(wallet_chain, "get_chain_client", lambda node=None: client)
+    cache.clear()
+    shared_state.reset_local()
+    return InProcessNode(client=client, keys=keys, genesis=genesis)
