@@ -182,10 +182,13 @@ class LlamaCppBackend(Backend):
                 "stream": True,
             }
             try:
-                if request.messages is not None:
-                    stream = self.llama.create_chat_completion(messages=request.messages, **options)
-                else:
-                    stream = self.llama.create_completion(prompt=request.prompt, **options)
+                # A bare prompt goes through the model's chat template as one user message, as
+                # Ollama's /api/generate does by default: instruct models answer nothing useful
+                # to an untemplated prompt (SmolLM2 mostly ends it at once).
+                messages = (
+                    request.messages if request.messages is not None else [{"role": "user", "content": request.prompt}]
+                )
+                stream = self.llama.create_chat_completion(messages=messages, **options)
                 finish_reason = "stop"
                 for chunk in stream:
                     choice = chunk["choices"][0] if chunk.get("choices") else {}

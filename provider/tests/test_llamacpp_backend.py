@@ -49,12 +49,15 @@ def test_counts_are_what_llama_cpp_itself_reports(llamacpp_backend):
     assert completion.output_tokens == reference["usage"]["completion_tokens"]
 
 
-def test_a_prompt_counts_its_tokens_with_the_models_tokenizer(llamacpp_backend):
-    prompt = "The three primary colours are"
+def test_a_prompt_is_templated_like_one_user_message_and_counted_with_the_models_tokenizer(llamacpp_backend):
+    prompt = "Name the three primary colours."
     text, completion, _ = run(
         llamacpp_backend, GenerationRequest(model=MODEL, prompt=prompt, max_tokens=8, temperature=0, seed=1)
     )
-    assert completion.input_tokens == len(llamacpp_backend.llama.tokenize(prompt.encode(), add_bos=True, special=True))
+    _, as_chat, _ = run(llamacpp_backend, chat(prompt, max_tokens=8, temperature=0, seed=1))
+    # Ollama's /api/generate applies the model's template too: the same tokens as one user message.
+    assert completion.input_tokens == as_chat.input_tokens
+    assert completion.input_tokens > len(llamacpp_backend.llama.tokenize(prompt.encode(), add_bos=True, special=True))
     assert text and completion.output_tokens == 8 and completion.finish_reason == "length"
 
 
