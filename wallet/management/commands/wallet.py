@@ -124,20 +124,7 @@ class Command(BaseCommand):
 
     def password(self, *, new: bool = False, prompt: str = "Wallet password: ") -> str:
         """The password from --password-file, the environment, or a prompt (twice when ``new``)."""
-        path = self.options.get("password_file")
-        if path:
-            password = _read_secret(path, "password file")
-        else:
-            password = env_raw(PASSWORD_ENV) or ""
-            if not password:
-                password = _prompt(prompt)
-                if new and _prompt("Repeat password: ") != password:
-                    raise CommandError("the passwords do not match")
-        if not password:
-            raise CommandError("the password is empty")
-        if new:
-            check_new_password(password)
-        return password
+        return read_password(self.options.get("password_file"), new=new, prompt=prompt)
 
     # Actions
 
@@ -279,6 +266,26 @@ class Command(BaseCommand):
         for item in iter_wallets(self.directory):
             if isinstance(item, WalletFile) and item.address == address:
                 raise WalletExists(f"wallet {item.name!r} already holds {address}")
+
+
+def read_password(path: str | None, *, new: bool = False, prompt: str = "Wallet password: ") -> str:
+    """A wallet password from ``path``, else ``AITBC_WALLET_PASSWORD``, else a prompt (twice when ``new``).
+
+    Never from a command-line argument, which would land in shell history.
+    """
+    if path:
+        password = _read_secret(path, "password file")
+    else:
+        password = env_raw(PASSWORD_ENV) or ""
+        if not password:
+            password = _prompt(prompt)
+            if new and _prompt("Repeat password: ") != password:
+                raise CommandError("the passwords do not match")
+    if not password:
+        raise CommandError("the password is empty")
+    if new:
+        check_new_password(password)
+    return password
 
 
 def _prompt(prompt: str) -> str:
