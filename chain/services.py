@@ -24,7 +24,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from aitbc_site.events import EVENTS_GROUP, send_event_on_commit
-from chain.ledger import EscrowState, LedgerView, apply_transaction, check_escrow_rules
+from chain.ledger import EscrowState, LedgerView, Outcome, apply_transaction, check_escrow_rules
 from chain.models import Account, Block, ChainState, Escrow, Evidence, Transaction, Validator, ValidatorApproval
 from chain.protocol import block as proto_block
 from chain.protocol.errors import ProtocolError
@@ -418,6 +418,22 @@ class _AdmittedCache:
 _admitted = _AdmittedCache()
 
 
+def _apply(view: LedgerView, c: Candidate, *, height: int, proposer: str, params: dict[str, Any]) -> Outcome:
+    """Apply one candidate to ``view`` at ``height`` (the one call every block path makes)."""
+    return apply_transaction(
+        view,
+        tx_id=c.id,
+        sender=c.sender,
+        nonce=c.nonce,
+        fee=c.fee,
+        kind=c.type,
+        payload=c.payload,
+        height=height,
+        proposer=proposer,
+        min_escrow_blocks=params["min_escrow_blocks"],
+    )
+
+
 def _load_view(candidates: list[Candidate], proposer: str) -> LedgerView:
     view = LedgerView()
     escrow_ids = {c.payload["escrow"] for c in candidates if "escrow" in c.payload}
@@ -507,18 +523,7 @@ def block_produce(*, key: Key, now_ms: int | None = None) -> Block | None:
         rejected: list[tuple[str, str, str]] = []
         dropped: list[tuple[str, str, str]] = []
         for c in candidates:
-            outcome = apply_transaction(
-                view,
-                tx_id=c.id,
-                sender=c.sender,
-                nonce=c.nonce,
-                fee=c.fee,
-                kind=c.type,
-                payload=c.payload,
-                height=height,
-                proposer=key.address,
-                min_escrow_blocks=state.params["min_escrow_blocks"],
-            )
+            outcome = _apply(view, c, height=height, proposer=key.address, params=state.params)
             if outcome.included:
                 included.append(c.id)
                 if outcome.code:
@@ -657,18 +662,7 @@ def block_build(*, proposer: str, round_: int, now_ms: int | None = None) -> tup
     view.validators = validator_set_at(height)
     txs = []
     for c in candidates:
-        outcome = apply_transaction(
-            view,
-            tx_id=c.id,
-            sender=c.sender,
-            nonce=c.nonce,
-            fee=c.fee,
-            kind=c.type,
-            payload=c.payload,
-            height=height,
-            proposer=proposer,
-            min_escrow_blocks=state.params["min_escrow_blocks"],
-        )
+        outcome = _apply(view, c, height=height, proposer=proposer, params=state.params)
         if outcome.included:
             txs.append(c.tx)
     evidence = [e.votes for e in Evidence.objects.filter(included_height__isnull=True).order_by("height")[:20]]
@@ -790,18 +784,7 @@ def block_check(body: Any) -> str:
     view = _load_view(candidates, header["proposer"])
     view.validators = validators
     for c in candidates:
-        outcome = apply_transaction(
-            view,
-            tx_id=c.id,
-            sender=c.sender,
-            nonce=c.nonce,
-            fee=c.fee,
-            kind=c.type,
-            payload=c.payload,
-            height=height,
-            proposer=header["proposer"],
-            min_escrow_blocks=state.params["min_escrow_blocks"],
-        )
+        outcome = _apply(view, c, height=height, proposer=header["proposer"], params=state.params)
         if not outcome.included:
             raise BlockInvalid(f"block transaction {c.id} cannot be applied: {outcome.code}")
     return proto_block.block_id(header)
@@ -882,18 +865,7 @@ def block_commit(*, body: dict[str, Any], commit: dict[str, Any], checked: bool 
         results: dict[str, str] = {}
         rejected: list[tuple[str, str, str]] = []
         for c in candidates:
-            outcome = apply_transaction(
-                view,
-                tx_id=c.id,
-                sender=c.sender,
-                nonce=c.nonce,
-                fee=c.fee,
-                kind=c.type,
-                payload=c.payload,
-                height=height,
-                proposer=header["proposer"],
-                min_escrow_blocks=state.params["min_escrow_blocks"],
-            )
+            outcome = _apply(view, c, height=height, proposer=header["proposer"], params=state.params)
             if not outcome.included:
                 raise BlockInvalid(f"transaction {c.id} cannot be applied")
             if outcome.code:
