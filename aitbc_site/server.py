@@ -34,8 +34,13 @@ def run_server(
     on_ready: Callable[[], None] | None = None,
     on_stop: Callable[[], None] | None = None,
     beat_apps: set[str] | None = None,
+    websocket_max_bytes: int = 1024 * 1024,
 ) -> None:
-    """Serve until SIGINT or SIGTERM; in embedded mode also run Celery's worker and beat as threads."""
+    """Serve until SIGINT or SIGTERM; in embedded mode also run Celery's worker and beat as threads.
+
+    ``websocket_max_bytes`` bounds a message a websocket client may send (Daphne's default,
+    1 MiB, is below a chain node's blocks and proposals).
+    """
     # Importing daphne.server installs Twisted's asyncio reactor; it must
     # happen before anything else imports the reactor.
     from daphne.endpoints import build_endpoint_description_strings
@@ -68,6 +73,8 @@ def run_server(
         action_logger=access_logger,
         ready_callable=ready,
         application_close_timeout=5,
+        websocket_max_message_size=websocket_max_bytes,
+        websocket_max_frame_size=websocket_max_bytes,
     )
     try:
         server.run()

@@ -320,6 +320,10 @@ class ConsensusDriver:
         self.height_state: HeightState | None = None
         self.future: list[tuple[Peer | None, dict]] = []
         self.thread = threading.Thread(target=self._run, name="consensus", daemon=True)
+        # Gossiped transactions are admitted on their own thread, as RPC submissions are on theirs:
+        # thousands of signatures queued ahead of a proposal would otherwise outlast its timeout.
+        self.tx_inbox: queue.Queue = queue.Queue()
+        self.tx_thread = threading.Thread(target=self._run_txs, name="tx-gossip", daemon=True)
         self.last_error: str | None = None
         self.last_commit_messages: list[str] = []
         self.decided_at: float = time.time()
@@ -329,13 +333,16 @@ class ConsensusDriver:
     # public, thread-safe
     def start(self) -> None:
         self.thread.start()
+        self.tx_thread.start()
         self.gossip.start()
 
     def stop(self) -> None:
         self._stop.set()
         self.inbox.put(("stop",))
+        self.tx_inbox.put(None)
         self.gossip.stop()
         self.thread.join(10)
+        self.tx_thread.join(10)
 
     def enqueue(self, event: tuple) -> None:
         self.inbox.put(event)
@@ -392,6 +399,17 @@ class ConsensusDriver:
             except Exception as exc:  # one bad event must not stop consensus
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 logger.exception("consensus event failed")
+                close_old_connections()
+
+    def _run_txs(self) -> None:
+        while not self._stop.is_set():
+            item = self.tx_inbox.get()
+            if item is None:
+                break
+            try:
+                self._on_txs(*item)
+            except Exception:  # a bad batch must not stop admission
+                logger.exception("admitting gossiped transactions failed")
                 close_old_connections()
 
     def _schedule(self, delay_ms: int, event: tuple) -> None:
@@ -561,7 +579,7 @@ class ConsensusDriver:
                 peer.height = max(peer.height, message["height"])
                 self._maybe_sync(peer)
         elif kind == "txs":
-            self._on_txs(peer, message)
+            self.tx_inbox.put((peer, message))
         elif kind in ("proposal", "vote"):
             self._consensus_message(peer, message)
         elif kind == "block":
@@ -671,6 +689,7 @@ class ConsensusDriver:
             self.gossip.penalize(peer, 30, f"malformed block {height}: {exc}")
             return
         self.decided_at = time.time()
+        logger.info("height %d final from a peer's block: %d transactions", height, len(block.get("txs") or []))
         self.gossip.broadcast(json.dumps(message, ensure_ascii=False), exclude=peer)
         self._new_height()
 

@@ -72,7 +72,7 @@ class Command(BaseCommand):
                 raise CommandError(f"validator key {options['validator_key']}: {exc}") from exc
         node.set_validator_key(key)
 
-        from chain.network import ConsensusDriver, set_driver
+        from chain.network import MAX_MESSAGE_BYTES, ConsensusDriver, set_driver
         from chain.validators import validator_set_at
 
         validators = validator_set_at(state.height + 1)
@@ -109,4 +109,12 @@ class Command(BaseCommand):
             node.stop_producer()
             driver.stop()
 
-        run_server(host=options["host"], port=options["port"], embedded_worker=True, on_ready=on_ready, on_stop=on_stop)
+        # Peers dialing in send whole proposals and blocks: Daphne's 1 MiB default would drop them.
+        run_server(
+            host=options["host"],
+            port=options["port"],
+            embedded_worker=True,
+            on_ready=on_ready,
+            on_stop=on_stop,
+            websocket_max_bytes=MAX_MESSAGE_BYTES,
+        )
