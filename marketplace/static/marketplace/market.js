@@ -26,7 +26,8 @@
 
   window.aitbc.on("job", function (event) {
     if (event.job_id !== watching) return;
-    if (statusEl) statusEl.textContent = event.state + (event.reason ? " — " + event.reason : "");
+    var stateText = document.getElementById("job-state-text");
+    if (stateText) stateText.textContent = " " + event.state + (event.reason ? " — " + event.reason : "");
     if (DONE.indexOf(event.state) >= 0) showResult(watching);
   });
 
@@ -86,7 +87,10 @@
         link.textContent = watching;
         link.id = "job-link";
         statusEl.appendChild(link);
-        statusEl.appendChild(document.createTextNode(" " + answer.data.state));
+        var stateText = document.createElement("span");
+        stateText.id = "job-state-text";
+        stateText.textContent = " " + answer.data.state;
+        statusEl.appendChild(stateText);
         render();
         if (DONE.indexOf(answer.data.state) >= 0) showResult(watching);
       }).catch(function (err) { statusEl.textContent = "could not submit: " + err; });
