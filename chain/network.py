@@ -700,8 +700,6 @@ class ConsensusDriver:
             for output in state.retransmit():
                 if isinstance(output, Broadcast):
                     self.gossip.broadcast(json.dumps(output.message, ensure_ascii=False))
-        for text in self.last_commit_messages:
-            self.gossip.broadcast(text)
         from chain.models import ChainState
 
         height = ChainState.objects.get(singleton=1).height
@@ -709,6 +707,11 @@ class ConsensusDriver:
         with self.gossip.lock:
             peers = list(self.gossip.peers.values())
         for peer in peers:
+            # The last decided block again, only to peers known to be one behind: a full
+            # block to every peer every second would cost them all a parse of megabytes.
+            if peer.node_id and peer.height == height - 1:
+                for text in self.last_commit_messages:
+                    peer.send(text)
             self._maybe_sync(peer)
 
     def _maybe_sync(self, peer: Peer) -> None:

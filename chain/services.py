@@ -133,6 +133,23 @@ def mempool_admit(*, txs: list[Any], chain_id: str, min_fee: int, verified: bool
             structured.append((index, check_transaction(raw, chain_id=chain_id, min_fee=0, verify_signature=False)))
         except ProtocolError as exc:
             results[index] = AdmitResult(error=exc)
+    if not verified and structured:
+        # Gossip brings back transactions this node already holds: answer those as
+        # duplicates without paying for their signatures again.
+        known: set[str] = set()
+        for chunk in _chunks([c.id for _i, c in structured]):
+            known.update(
+                Transaction.objects.filter(id__in=chunk)
+                .exclude(status=Transaction.REJECTED, height__isnull=True)
+                .values_list("id", flat=True)
+            )
+        if known:
+            for index, c in structured:
+                if c.id in known:
+                    results[index] = AdmitResult(
+                        error=ProtocolError("duplicate", f"transaction {c.id} is already known")
+                    )
+            structured = [(i, c) for i, c in structured if c.id not in known]
     valid = [True] * len(structured) if verified else verify_signatures([c for _i, c in structured])
     checked: list[tuple[int, CheckedTx]] = []
     for (index, c), ok in zip(structured, valid, strict=True):
