@@ -1,4 +1,4 @@
-"""Who is calling: clients (sessions, later API keys), providers (bearer tokens), job tokens.
+"""Who is calling: clients (sessions, gateway API keys), providers (bearer tokens), job tokens.
 
 ``CLIENT_AUTHENTICATION_CLASSES`` is the hook for the gateway's API keys: append an
 authentication class to this list (the same list object) at start-up and every client
@@ -15,10 +15,12 @@ from rest_framework.request import Request
 from rest_framework.throttling import AnonRateThrottle
 
 from marketplace import conf
+from marketplace.gateway.keys import ApiKeyAuthentication
 from marketplace.models import Provider
 from marketplace.services.providers import provider_by_token
 
-CLIENT_AUTHENTICATION_CLASSES: list[type[BaseAuthentication]] = [SessionAuthentication]
+# The gateway's API keys (``Authorization: Bearer aitbc_...``) read the client endpoints.
+CLIENT_AUTHENTICATION_CLASSES: list[type[BaseAuthentication]] = [SessionAuthentication, ApiKeyAuthentication]
 
 # Anonymous clients (paying with their own escrow_tx) read their job with this header.
 JOB_TOKEN_HEADER = "X-AITBC-Job-Token"

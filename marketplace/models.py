@@ -354,3 +354,7 @@ class OutboxTx(models.Model):
 
     def __str__(self) -> str:
         return f"{self.purpose} {self.tx_id or '(unsigned)'} {self.status}"
+
+
+# The gateway's API keys live in their own module; importing it here registers them with this app.
+from marketplace.gateway.models import ApiKey, GatewayJob  # noqa: E402, F401

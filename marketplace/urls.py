@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from marketplace import api
 
@@ -18,4 +18,6 @@ urlpatterns = [
     path("v1/deposits", api.DepositListCreateView.as_view(), name="market-deposits"),
     path("v1/deposits/<str:deposit_id>", api.DepositDetailView.as_view(), name="market-deposit"),
     path("v1/deposits/<str:deposit_id>/close", api.DepositCloseView.as_view(), name="market-deposit-close"),
+    # The drop-in gateway: Ollama's and OpenAI's APIs, and its API keys (docs/gateway.md).
+    path("", include("marketplace.gateway.urls")),
 ]

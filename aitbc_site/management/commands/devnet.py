@@ -232,8 +232,22 @@ class Command(BaseCommand):
         try:
             devnet.start_all(timeout=options["startup_timeout"])
             refresh()
+            # -- gateway (marketplace.gateway.devnet): a demo API key on a deposit the faucet funds --
+            from marketplace.gateway import devnet as gateway_devnet
+
+            demo_key = gateway_devnet.ensure_demo_key(
+                devnet_dir=devnet.dir,
+                node_url=node_url,
+                faucet_keystore=devnet.dir / "faucet.keystore.json",
+                faucet_password=devnet.dir / "faucet.password",
+            )
+            devnet.network["gateway"] = gateway_devnet.gateway_entry(web_url=web_url, key=demo_key)
+            # -- end gateway --
             devnet.write_network()
             self.print_summary(devnet, admin_password_file)
+            self.stdout.write("Use it from Ollama or OpenAI clients (the demo API key draws on a funded deposit):")
+            for line in gateway_devnet.newcomer_lines(web_url=web_url, key=demo_key):
+                self.stdout.write(f"  {line}")
             devnet.supervise(on_change=refresh)
         except RuntimeError as exc:
             raise CommandError(str(exc)) from exc
