@@ -101,7 +101,8 @@ class Command(BaseCommand):
         deposit = services.deposit_open_signed(owner=owner, payer=payer, amount=options["amount"])
         deposit = services.wait_deposit_open(deposit_id=deposit.pk)
         if deposit.state != Deposit.OPEN:
-            raise CommandError(f"deposit {deposit.pk} is {deposit.state}: {deposit.reason or 'its lock did not commit'}")
+            reason = deposit.reason or "its lock did not commit"
+            raise CommandError(f"deposit {deposit.pk} is {deposit.state}: {reason}")
         return deposit
 
     def handle_list(self, options: dict[str, Any]) -> None:
