@@ -59,9 +59,9 @@ class CreatedKeySerializer(KeySerializer):
     key = serializers.CharField(help_text="the key itself: shown this once, stored hashed")
 
 
-def key_answer(key: ApiKey, **extra: Any) -> dict[str, Any]:
-    key.spent = services.key_spending(key)
-    return KeySerializer(key).data | extra
+def key_answer(record: ApiKey, **extra: Any) -> dict[str, Any]:
+    record.spent = services.key_spending(record)
+    return KeySerializer(record).data | extra
 
 
 class KeysView(MarketAPIView):

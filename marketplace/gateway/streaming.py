@@ -15,13 +15,16 @@ provider, the client sees nothing). After it, the stream ends with an error and 
 is ended without a charge (``services.gateway_abort``). A client that goes away
 (``close`` before the end) cancels the job: what its provider produced is paid.
 
-Database work runs in a thread pool (``thread_sensitive=False``): a waiting stream
-holds no thread, and requests do not queue behind one another on a single thread.
+Database work runs in the request's own thread (Django's ASGI handler gives each request
+one, and closes its connection when the response is done): a waiting stream holds no
+thread, and requests do not queue behind one another. Work that outlives the request
+(cancelling an abandoned job) runs in a pool thread that closes its connection after.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,7 +33,7 @@ from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
-from django.db import DatabaseError, connection
+from django.db import close_old_connections
 
 from aitbc_site.errors import ApiError
 from aitbc_site.events import user_group
@@ -47,20 +50,25 @@ _background: set[asyncio.Task] = set()
 
 
 def db(function: Callable[..., T]) -> Callable[..., Any]:
-    """``function`` run in the gateway's thread pool, its connection dropped if it broke."""
+    """``function`` run in the request's thread (Django closes its connection at the response's end)."""
+    return sync_to_async(function, thread_sensitive=True)
 
-    def guarded(*args: Any, **kwargs: Any) -> T:
+
+def db_detached(function: Callable[..., T]) -> Callable[..., Any]:
+    """``function`` run in a pool thread, outside any request; its connection closed after."""
+
+    def closing(*args: Any, **kwargs: Any) -> T:
         try:
             return function(*args, **kwargs)
-        except DatabaseError:
-            connection.close_if_unusable_or_obsolete()
-            raise
+        finally:
+            close_old_connections()
 
-    return sync_to_async(guarded, thread_sensitive=False)
+    return sync_to_async(closing, thread_sensitive=False)
 
 
 def in_background(coroutine) -> None:
-    task = asyncio.get_running_loop().create_task(coroutine)
+    # A fresh context: the request's (and its thread) may be gone before this runs.
+    task = asyncio.get_running_loop().create_task(coroutine, context=contextvars.Context())
     _background.add(task)
     task.add_done_callback(_background.discard)
 
@@ -217,14 +225,14 @@ class GatewayStream:
                 await self.layer.group_discard(self.group, self.channel)
             if abandoned:
                 logger.info("gateway job %s: the client went away; cancelling it", self.job_id)
-                await db(services.gateway_abandon)(job_id=self.job_id)
+                await db_detached(services.gateway_abandon)(job_id=self.job_id)
         except Exception:
             logger.exception("gateway job %s: cleanup failed", self.job_id)
 
 
 def _cancel_when_submitted(submission: asyncio.Future) -> None:
     if not submission.cancelled() and submission.exception() is None:
-        in_background(db(services.gateway_abandon)(job_id=submission.result().pk))
+        in_background(db_detached(services.gateway_abandon)(job_id=submission.result().pk))
 
 
 def _job_field(job_id: str, name: str) -> Any:
