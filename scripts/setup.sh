@@ -36,7 +36,7 @@ system_packages() {
     # Base: Python with venv, a compiler for packages that build from source, git.
     local pkgs=(python3 python3-venv python3-dev build-essential cmake git)
     if [ "${1:-}" = test ]; then
-        pkgs+=(postgresql redis-server)
+        pkgs+=(postgresql redis-server chromium)
     fi
     apt_install "${pkgs[@]}"
 }
