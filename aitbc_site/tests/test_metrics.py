@@ -65,7 +65,6 @@ def test_task_outcomes_and_dispatch_latency_are_counted(client, no_node) -> None
     from aitbc_site.tasks import echo
     from marketplace.models import Job, JobEvent
 
-    shared_state.reset_local()
     signals.task_success.send(sender=echo, result={})
     signals.task_success.send(sender=echo, result={})
     signals.task_failure.send(sender=echo, task_id="1", exception=RuntimeError("x"))
@@ -92,10 +91,11 @@ def test_task_outcomes_and_dispatch_latency_are_counted(client, no_node) -> None
 
 
 def test_with_redis_counters_are_shared_between_processes(redis_url, settings, unique_name, monkeypatch) -> None:
+    prefix = f"{unique_name('metrics')}:state"
+    monkeypatch.setattr(shared_state, "prefix", lambda: prefix)
     import redis
 
     settings.REDIS_URL = redis_url
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "x", "CONFIG": {"prefix": unique_name("metrics")}}}
     monkeypatch.setattr(shared_state, "_client", None)
     try:
         metrics.count_task("chain.watch_head", "success")
