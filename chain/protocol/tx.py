@@ -200,7 +200,11 @@ def check_transaction(tx: Any, *, chain_id: str, min_fee: int, verify_signature:
         raise ProtocolError("wrong_chain", f"chain_id is {tx['chain_id']!r}, this chain is {chain_id!r}")
     if address_from_pubkey_hex(tx["pubkey"]) != tx["from"]:
         raise ProtocolError("bad_signature", "from is not the address of pubkey")
-    signed = sign_bytes(tx)
+    try:
+        signed = sign_bytes(tx)
+    except (UnicodeEncodeError, ValueError) as exc:
+        # Only reachable for objects that did not come through parse_strict (gossip).
+        raise ProtocolError("malformed", f"transaction cannot be encoded canonically: {exc}") from None
     checked = Transaction(
         id=tx_id_of(signed),
         tx=tx,
