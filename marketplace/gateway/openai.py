@@ -101,6 +101,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         )
     except ApiError as exc:
         return error_response(exc)
+    stream.mark("answering")
     created = int(time.time())
     base = {"id": stream.job_id, "created": created, "model": generation.model, "system_fingerprint": None}
     events = stream.events() if streaming else None

@@ -12,6 +12,7 @@ through the task queue.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,13 +134,13 @@ def gateway_submit(*, key: ApiKey, generation: Generation, api: str, client: Cha
         stop=list(generation.stop),
     )
     client = client or chain.get_chain_client()
+    prepared_at = time.monotonic()
     try:
-        chain.chain_view(client)  # fetched (or reused) before any transaction holds the write lock
-        if key.spending_cap is None:
-            job = jobs.job_submit(owner=key.owner, request=request, payment=jobs.Payment(deposit=deposit.pk)).job
-            GatewayJob.objects.create(job=job, key=key, api=api)
-        else:
-            with transaction.atomic():
+        chain.chain_view(client)  # fetched (or reused) before the transaction takes the write lock
+        # One transaction from reservation to assignment: one write lock taken, one commit, and the
+        # JOB goes to its provider as soon as it commits.
+        with transaction.atomic():
+            if key.spending_cap is not None:
                 # The key's lock serialises its requests, so two cannot both pass the cap.
                 list(ApiKey.objects.select_for_update().filter(pk=key.pk))
                 spent = key_spending(key)
@@ -149,8 +150,14 @@ def gateway_submit(*, key: ApiKey, generation: Generation, api: str, client: Cha
                         f"and this request may cost up to {max_price}",
                         "spending_cap_reached",
                     )
-                job = jobs.job_submit(owner=key.owner, request=request, payment=jobs.Payment(deposit=deposit.pk)).job
-                GatewayJob.objects.create(job=job, key=key, api=api)
+            job = jobs.job_submit(
+                owner=key.owner, request=request, payment=jobs.Payment(deposit=deposit.pk), client=client
+            ).job
+            GatewayJob.objects.create(job=job, key=key, api=api)
+            touch(key)
+            submitted_at = time.monotonic()
+            # Dispatched here rather than by the task queue (its kick, after commit, finds the job assigned).
+            dispatch.job_assign(job_id=job.pk)
     except ChainUnavailable as exc:
         logger.warning("chain node unavailable: %s", exc)
         raise ApiError("the chain node is unavailable; try again later", code="node_unavailable", status=503) from None
@@ -166,8 +173,7 @@ def gateway_submit(*, key: ApiKey, generation: Generation, api: str, client: Cha
         if exc.code == "no_eligible_offer":
             raise model_not_found(model) from None
         raise
-    touch(key)
-    dispatch.job_assign(job_id=job.pk)
+    job.gateway_timings = {"prepared": prepared_at, "job_submitted": submitted_at, "assigned": time.monotonic()}
     return job
 
 

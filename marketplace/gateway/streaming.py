@@ -101,13 +101,21 @@ class GatewayStream:
         self.next_index = 0
         self.finished = False
         self.closed = False
+        # Where the time went (logged at DEBUG when the stream closes): seconds since received_at.
+        self.timings: dict[str, float] = {}
+
+    def mark(self, what: str, at: float | None = None) -> None:
+        if what not in self.timings:
+            self.timings[what] = (at or time.monotonic()) - self.received_at
 
     @classmethod
     async def open(cls, *, key: ApiKey, generation: Generation, api: str, received_at: float) -> GatewayStream:
         """Listen, then submit the job (raises the submission's ``ApiError``)."""
         stream = cls(key=key, generation=generation, api=api, received_at=received_at)
+        stream.mark("opening")
         stream.channel = await stream.layer.new_channel("gateway.")
         await stream.layer.group_add(stream.group, stream.channel)
+        stream.mark("listening")
         submission = asyncio.ensure_future(db(services.gateway_submit)(key=key, generation=generation, api=api))
         try:
             # Shielded: a client gone while its job is being submitted leaves a job to cancel, not a thread to stop.
@@ -122,6 +130,9 @@ class GatewayStream:
             stream.close()
             raise
         stream.job_id = job.pk
+        for what, at in getattr(job, "gateway_timings", {}).items():
+            stream.mark(what, at)
+        stream.mark("submitted")
         return stream
 
     async def events(self) -> AsyncIterator[Token | Finished]:
@@ -140,6 +151,7 @@ class GatewayStream:
                 if not isinstance(event, dict) or event.get("job_id") != self.job_id:
                     continue
                 kind = event.get("type")
+                self.mark(f"{kind}:{event.get('state', event.get('index'))}")
                 if kind == "job.chunk":
                     token = await self._chunk(event)
                     if token is not None:
@@ -176,6 +188,7 @@ class GatewayStream:
 
     async def _read_state(self, *, stalled: bool) -> AsyncIterator[Token | Finished]:
         state = await db(services.job_state)(job_id=self.job_id)
+        self.mark("state_read")
         if state.verdict == services.DONE:
             outcome = state.outcome
             sent = "".join(self.streamed)
@@ -217,6 +230,12 @@ class GatewayStream:
         if self.closed:
             return
         self.closed = True
+        self.mark("closed")
+        logger.debug(
+            "gateway job %s (ms since the request): %s",
+            self.job_id,
+            ", ".join(f"{what} {seconds * 1000:.1f}" for what, seconds in self.timings.items()),
+        )
         in_background(self._cleanup(abandoned=not self.finished and self.job_id is not None))
 
     async def _cleanup(self, *, abandoned: bool) -> None:
