@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aitbc_site.env import env_int, env_str
+from aitbc_site.env import env_bool, env_int, env_str
 
 # Requests per minute a key may make when it has no rate of its own.
 RATE_PER_MIN = env_int("AITBC_GATEWAY_RATE_PER_MIN", 600, minimum=1)
@@ -14,3 +14,5 @@ RECHECK_S = 1.0
 OLLAMA_VERSION = env_str("AITBC_GATEWAY_OLLAMA_VERSION", "0.12.0") or "0.12.0"
 # A key's last use is recorded at most this often (a write per request would cost every request).
 LAST_USED_RESOLUTION_S = 60
+# Log every request's timings at INFO (else DEBUG): where the time of a request went.
+TRACE = env_bool("AITBC_GATEWAY_TRACE", False)

@@ -158,6 +158,7 @@ def gateway_submit(*, key: ApiKey, generation: Generation, api: str, client: Cha
             submitted_at = time.monotonic()
             # Dispatched here rather than by the task queue (its kick, after commit, finds the job assigned).
             dispatch.job_assign(job_id=job.pk)
+            assigned_at = time.monotonic()
     except ChainUnavailable as exc:
         logger.warning("chain node unavailable: %s", exc)
         raise ApiError("the chain node is unavailable; try again later", code="node_unavailable", status=503) from None
@@ -173,7 +174,12 @@ def gateway_submit(*, key: ApiKey, generation: Generation, api: str, client: Cha
         if exc.code == "no_eligible_offer":
             raise model_not_found(model) from None
         raise
-    job.gateway_timings = {"prepared": prepared_at, "job_submitted": submitted_at, "assigned": time.monotonic()}
+    job.gateway_timings = {
+        "prepared": prepared_at,
+        "job_submitted": submitted_at,
+        "assigned": assigned_at,
+        "committed": time.monotonic(),
+    }
     return job
 
 

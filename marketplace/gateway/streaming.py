@@ -231,11 +231,10 @@ class GatewayStream:
             return
         self.closed = True
         self.mark("closed")
-        logger.debug(
-            "gateway job %s (ms since the request): %s",
-            self.job_id,
-            ", ".join(f"{what} {seconds * 1000:.1f}" for what, seconds in self.timings.items()),
-        )
+        level = logging.INFO if conf.TRACE else logging.DEBUG
+        if logger.isEnabledFor(level):
+            timings = ", ".join(f"{what} {seconds * 1000:.1f}" for what, seconds in self.timings.items())
+            logger.log(level, "gateway job %s (ms since the request): %s", self.job_id, timings)
         in_background(self._cleanup(abandoned=not self.finished and self.job_id is not None))
 
     async def _cleanup(self, *, abandoned: bool) -> None:

@@ -3,7 +3,7 @@
 from django.urls import path
 
 from aitbc_site import logredact
-from marketplace.gateway import api, ollama, openai
+from marketplace.gateway import api, dashboard, ollama, openai
 
 # A key in the path is redacted from every log (``aitbc_site.logredact``).
 KEY = "k/<str:key>/"
@@ -24,6 +24,7 @@ urlpatterns = [
     path("v1/models", openai.models, name="gateway-openai-models"),
     path("v1/models/<str:model_id>", openai.model, name="gateway-openai-model"),
     path("v1/keys", api.KeysView.as_view(), name="gateway-keys"),
+    path("market/keys/", dashboard.keys_page, name="gateway-keys-page"),
     path("v1/keys/<int:key_id>/revoke", api.KeyRevokeView.as_view(), name="gateway-key-revoke"),
 ]
 

@@ -131,6 +131,24 @@ def test_keys_are_managed_over_rest_with_a_login_never_with_a_key(market, owner,
     assert anonymous.get("/api/tags", **bearer(secret)).status_code == 401
 
 
+def test_the_dashboard_creates_lists_and_revokes_keys(market, owner, deposit_id) -> None:
+    page = market.http.get("/market/keys/")
+    assert page.status_code == 200 and deposit_id in page.content.decode()
+    created = market.http.post("/market/keys/", {"action": "create", "name": "phone", "deposit": deposit_id})
+    body = created.content.decode()
+    [key] = ApiKey.objects.filter(owner=owner)
+    secret = body.split('id="new-key">', 1)[1].split("<", 1)[0]
+    assert keys.key_for_secret(secret).pk == key.pk and f"/k/{secret}" in body
+    assert secret not in market.http.get("/market/keys/").content.decode(), "shown once"
+    refused = market.http.post("/market/keys/", {"action": "create", "spending_cap": "lots"})
+    assert refused.status_code == 400 and "whole number" in refused.content.decode()
+    revoked = market.http.post("/market/keys/", {"action": "revoke", "key": key.pk})
+    assert revoked.status_code == 302
+    key.refresh_from_db()
+    assert key.revoked_at is not None
+    assert Client().get("/market/keys/").status_code == 302  # a login first
+
+
 def test_the_apikey_command_creates_lists_and_revokes(owner, deposit_id) -> None:
     out = io.StringIO()
     call_command("apikey", "create", "--user", "alice", "--spending-cap", "99", "--model", MODEL, "--json", stdout=out)

@@ -10,6 +10,7 @@ exactly what the gateway said it charged. Each scenario gets its own key and dep
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -336,3 +337,33 @@ def test_twenty_streaming_clients_at_once_each_get_their_own_complete_answer(gat
         charged += job["charge"]
     assert len({job_id for job_id, _, _ in results.values()}) == 20
     assert gateway.deposit(deposit_id, key)["charged"] == charged
+
+
+@pytest.mark.process
+def test_a_provider_killed_after_the_first_token_ends_the_stream_and_nothing_is_charged(gateway: Gateway) -> None:
+    # Last in this module: it leaves the devnet with one provider.
+    key, deposit_id = gateway.new_key(user="unlucky-user", amount=1_000_000)
+    body = {"model": MODEL, "prompt": "Count from 1 to 1000, one number per line:", "options": {"num_predict": 400}}
+    with (
+        httpx.Client(timeout=120) as http,
+        http.stream(
+            "POST", f"{gateway.url}/api/generate", json=body, headers={"Authorization": f"Bearer {key}"}
+        ) as answer,
+    ):
+        assert answer.status_code == 200
+        job_id = answer.headers["X-AITBC-Job"]
+        lines = answer.iter_lines()
+        first = json.loads(next(lines))
+        assert first["response"] and not first["done"]
+        victim = gateway.job(job_id, key)["provider"]
+        [pid] = [p["pid"] for p in gateway.network["providers"] if p["address"] == victim]
+        os.kill(pid, signal.SIGKILL)
+        rest = [json.loads(line) for line in lines]
+    assert "error" in rest[-1] and "nothing is charged" in rest[-1]["error"]
+    assert not any(line.get("done") for line in rest)
+    job = wait_until(
+        lambda: (j := gateway.job(job_id, key))["state"] in ("refunded", "settled") and j, timeout=60, message="ended"
+    )
+    assert job["state"] == "refunded" and job["charge"] is None
+    books = gateway.deposit(deposit_id, key)
+    assert (books["charged"], books["reserved"], books["available"]) == (0, 0, 1_000_000)
