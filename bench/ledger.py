@@ -29,7 +29,7 @@ from pathlib import Path
 import nacl.bindings
 import nacl.signing
 import requests
-from _common import ROOT, free_port_block, manage, wait_until
+from _common import ROOT, free_port_block, manage, progress, wait_until
 
 from chain.protocol.keys import Key
 from chain.protocol.tx import build_transaction
@@ -56,13 +56,13 @@ def make_workload(senders: int, per_sender: int) -> tuple[list[Key], list[dict]]
     sink = Key(b"\xee" * 32).address
     txs = []
     # Interleave senders so every batch holds many senders at consecutive nonces.
-    for nonce in range(per_sender):
-        for key in keys:
-            txs.append(
-                build_transaction(
-                    key, chain_id=CHAIN_ID, type="transfer", nonce=nonce, fee=1000, payload={"to": sink, "amount": 1}
-                )
+    pairs = ((nonce, key) for nonce in range(per_sender) for key in keys)
+    for nonce, key in progress(pairs, senders * per_sender, "signing"):
+        txs.append(
+            build_transaction(
+                key, chain_id=CHAIN_ID, type="transfer", nonce=nonce, fee=1000, payload={"to": sink, "amount": 1}
             )
+        )
     return keys, txs
 
 

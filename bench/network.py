@@ -43,7 +43,7 @@ from datetime import datetime
 from pathlib import Path
 
 import requests
-from _common import ROOT, free_port_block, median, percentile, process_cpu_seconds, wait_until
+from _common import ROOT, free_port_block, median, percentile, process_cpu_seconds, progress, wait_until
 from ledger import raw_verify_rate
 
 from chain.protocol.keys import Key
@@ -209,11 +209,11 @@ def run(network: dict, args: argparse.Namespace) -> dict:
     print(f"signing {count} transfers ...", flush=True)
     sink = Key(b"\x42" * 32).address
     # Nonce-major order: a sender's next transfer comes len(senders) transfers later.
+    pairs = [(n, key) for n in range(per_sender) for key in senders][:count]
     txs = [
         build_transaction(key, chain_id=chain_id, type="transfer", nonce=n, fee=FEE, payload={"to": sink, "amount": 1})
-        for n in range(per_sender)
-        for key in senders
-    ][:count]
+        for n, key in progress(pairs, len(pairs), "signing")
+    ]
     batches = [
         ([tx_id(t) for t in txs[i : i + per_batch]], json.dumps(txs[i : i + per_batch]).encode())
         for i in range(0, len(txs), per_batch)
