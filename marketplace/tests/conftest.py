@@ -9,7 +9,7 @@ recorder instead of the Celery broker: tests run the tasks' services themselves
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,3 +143,19 @@ def market(ledger: LedgerClient, client: Client) -> Market:
         alice=Payer(named_key("alice"), ledger, CHAIN_ID),
         bob=Payer(named_key("bob"), ledger, CHAIN_ID),
     )
+
+
+@pytest.fixture(params=["in_memory", pytest.param("redis", marks=pytest.mark.redis)])
+def channel_layer(request: pytest.FixtureRequest, settings, unique_name: Callable[[str], str]) -> str:
+    """The in-memory channel layer, and the real Redis one: the tests using it run on both."""
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        settings.CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "CONFIG": {"hosts": [url], "prefix": unique_name("test-marketplace")},
+            }
+        }
+    else:
+        settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    return request.param

@@ -259,3 +259,14 @@ class ScriptedProvider:
             assert response.status_code == 200, response.content
             done.append(job["id"])
         return done
+
+
+async def close_layer() -> None:
+    """Empty and close the channel layer a test used, so the next test starts clean."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    if hasattr(layer, "flush"):
+        await layer.flush()
+    if hasattr(layer, "close_pools"):
+        await layer.close_pools()

@@ -7,43 +7,18 @@ header: their route is not behind the browsers' origin check.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
-from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from aitbc_site.asgi import application
 from chain.protocol.market import build_provider_auth
 from marketplace.models import Job, Provider
-from marketplace.tests.support import named_key
+from marketplace.tests.support import close_layer, named_key
 
 TIMEOUT = 10
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(params=["in_memory", pytest.param("redis", marks=pytest.mark.redis)])
-def channel_layer(request: pytest.FixtureRequest, settings, unique_name: Callable[[str], str]) -> str:
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
-        settings.CHANNEL_LAYERS = {
-            "default": {
-                "BACKEND": "channels_redis.core.RedisChannelLayer",
-                "CONFIG": {"hosts": [url], "prefix": unique_name("test-provider-ws")},
-            }
-        }
-    else:
-        settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    return request.param
-
-
-async def close_layer() -> None:
-    layer = get_channel_layer()
-    if hasattr(layer, "flush"):
-        await layer.flush()
-    if hasattr(layer, "close_pools"):
-        await layer.close_pools()
 
 
 def socket() -> WebsocketCommunicator:

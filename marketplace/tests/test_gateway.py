@@ -14,11 +14,9 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
-from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.core.management import call_command
@@ -32,7 +30,7 @@ from marketplace.gateway.models import ApiKey, GatewayJob
 from marketplace.gateway.services import Generation
 from marketplace.gateway.streaming import Finished, GatewayStream, Token
 from marketplace.models import Deposit, Job
-from marketplace.tests.support import MODEL
+from marketplace.tests.support import MODEL, close_layer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -299,29 +297,6 @@ def test_keys_in_paths_are_redacted_from_every_log(market, secret, caplog) -> No
 
 
 # -- streams -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["in_memory", pytest.param("redis", marks=pytest.mark.redis)])
-def channel_layer(request: pytest.FixtureRequest, settings, unique_name: Callable[[str], str]) -> str:
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
-        settings.CHANNEL_LAYERS = {
-            "default": {
-                "BACKEND": "channels_redis.core.RedisChannelLayer",
-                "CONFIG": {"hosts": [url], "prefix": unique_name("test-gateway")},
-            }
-        }
-    else:
-        settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    return request.param
-
-
-async def close_layer() -> None:
-    layer = get_channel_layer()
-    if hasattr(layer, "flush"):
-        await layer.flush()
-    if hasattr(layer, "close_pools"):
-        await layer.close_pools()
 
 
 def job_of(provider) -> dict:
