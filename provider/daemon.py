@@ -731,7 +731,8 @@ class ProviderDaemon:
                 else:
                     warned = False
                     if last_balance is not None and balance > last_balance:
-                        self.earned_uait += balance - last_balance
+                        # Logged before it is counted: whoever sees the count can find the line.
                         logger.info("payment received: +%d uait (balance %d uait)", balance - last_balance, balance)
+                        self.earned_uait += balance - last_balance
                     last_balance = balance
             await asyncio.sleep(self.config.balance_poll_s)
