@@ -117,4 +117,7 @@ class Command(BaseCommand):
             on_ready=on_ready,
             on_stop=on_stop,
             websocket_max_bytes=MAX_MESSAGE_BYTES,
+            # A node's database serves the chain only: the coordinator's and the automation's
+            # periodic tasks would contend with consensus for its write lock.
+            beat_apps={"chain"},
         )
