@@ -28,6 +28,7 @@ import secrets
 import sys
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -325,6 +326,8 @@ class ConsensusDriver:
         self.tx_inbox: queue.Queue = queue.Queue()
         self.tx_thread = threading.Thread(target=self._run_txs, name="tx-gossip", daemon=True)
         self.last_error: str | None = None
+        self.loop_seen_at = time.monotonic()
+        self.stack_logged_at = 0.0
         self.last_commit_messages: list[str] = []
         self.decided_at: float = time.time()
         self.height = 0
@@ -348,8 +351,18 @@ class ConsensusDriver:
         self.inbox.put(event)
 
     def tick(self) -> None:
-        """The beat tick: retransmit, announce our height, catch up if behind. Idempotent."""
+        """The beat tick: retransmit, announce our height, catch up if behind. Idempotent.
+
+        It also watches the consensus thread: one that has not come back to its queue
+        for 30 s is stuck, and its stack goes to the log so the cause can be found.
+        """
         self.inbox.put(("tick",))
+        stuck_for = time.monotonic() - self.loop_seen_at
+        if stuck_for > 30 and self.thread.is_alive() and time.monotonic() - self.stack_logged_at > 60:
+            self.stack_logged_at = time.monotonic()
+            frame = sys._current_frames().get(self.thread.ident)
+            stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no frame)"
+            logger.error("consensus thread busy for %.0f s; it is at:\n%s", stuck_for, stack)
 
     def hello_text(self) -> str:
         # Called from the dialer's event loop, where the ORM may not run: the height is cached.
@@ -380,6 +393,7 @@ class ConsensusDriver:
         except Exception:
             logger.exception("consensus could not start")
         while not self._stop.is_set():
+            self.loop_seen_at = time.monotonic()
             timeout = None
             if self.timers:
                 timeout = max(0.0, self.timers[0][0] - time.monotonic())
