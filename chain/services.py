@@ -220,7 +220,7 @@ def _admit_checked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, Admi
     if escrow_ids:
         for chunk in _chunks(escrow_ids):
             for e in Escrow.objects.filter(id__in=chunk):
-                escrows[e.id] = _escrow_state(e)
+                escrows[e.id] = escrow_state(e)
             for escrow_id, tx_type, body in Transaction.objects.filter(
                 escrow__in=chunk, status=Transaction.PENDING
             ).values_list("escrow", "type", "body"):
@@ -328,7 +328,8 @@ def _insert_pending(rows: list[tuple]) -> None:
         )
 
 
-def _escrow_state(e: Escrow) -> EscrowState:
+def escrow_state(e: Escrow) -> EscrowState:
+    """The ledger's in-memory view of a stored escrow."""
     return EscrowState(
         id=e.id,
         job_id=e.job_id,
@@ -456,7 +457,7 @@ def _load_view(candidates: list[Candidate], proposer: str) -> LedgerView:
     escrow_ids = {c.payload["escrow"] for c in candidates if "escrow" in c.payload}
     for chunk in _chunks(list(escrow_ids)):
         for e in Escrow.objects.filter(id__in=chunk):
-            view.escrows[e.id] = _escrow_state(e)
+            view.escrows[e.id] = escrow_state(e)
     addresses = {proposer}
     for c in candidates:
         addresses.add(c.sender)

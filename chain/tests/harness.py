@@ -8,7 +8,6 @@ from typing import Any
 from django.test import Client
 
 from chain import services
-from chain.ledger import EscrowState
 from chain.models import Account, Block, ChainState, Escrow, Transaction
 from chain.protocol.keys import Key
 from chain.tests.support import Keys, LedgerState, StoredBlock, escrow_fields, replay, state_of
@@ -118,24 +117,7 @@ class ChainHarness:
 def stored_state() -> LedgerState:
     """Accounts and escrows as the database holds them."""
     accounts = {a: (b, n) for a, b, n in Account.objects.values_list("address", "balance", "nonce")}
-    escrows = {
-        e.id: escrow_fields(
-            EscrowState(
-                id=e.id,
-                job_id=e.job_id,
-                payer=e.payer,
-                arbiter=e.arbiter,
-                amount=e.amount,
-                paid=e.paid,
-                refunded=e.refunded,
-                timeout_height=e.timeout_height,
-                open=e.status == Escrow.OPEN,
-                opened_height=e.opened_height,
-                closed_height=e.closed_height,
-            )
-        )
-        for e in Escrow.objects.all()
-    }
+    escrows = {e.id: escrow_fields(services.escrow_state(e)) for e in Escrow.objects.all()}
     return state_of(accounts, escrows)
 
 
