@@ -118,9 +118,11 @@ class Devnet:
     def kill(self, node: Node, sig: int = signal.SIGKILL) -> None:
         self.down.add(node.index)
         os.kill(node.pid, sig)
-        wait_until(lambda: not pid_alive(node.pid), timeout=30, message=f"{node.name} (pid {node.pid}) to exit")
         if node.process is not None:
-            node.process.wait(10)
+            # Our own child: reap it, or its zombie keeps the pid alive.
+            node.process.wait(30)
+        else:
+            wait_until(lambda: not pid_alive(node.pid), timeout=30, message=f"{node.name} (pid {node.pid}) to exit")
 
     def restart(self, node: Node, **extra_env: str) -> None:
         """Start ``node`` again as the devnet did (its argv and env, from the project root)."""
