@@ -9,10 +9,14 @@ file holding the value (for secrets kept out of the environment).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
+
+# A request rate in DRF's syntax: count / unit, where the unit's first letter counts (600/min).
+RATE_PATTERN = re.compile(r"^\s*([1-9][0-9]*)\s*/\s*([smhd])[a-z]*\s*$")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -78,6 +82,14 @@ def env_choice(name: str, default: str, choices: tuple[str, ...], *, upper: bool
     if value not in choices:
         raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def env_rate(name: str, default: str) -> str:
+    """A request rate such as ``600/min`` (``N/s``, ``N/min``, ``N/hour``, ``N/day``)."""
+    value = env_str(name, default) or default
+    if not RATE_PATTERN.match(value.lower()):
+        raise ImproperlyConfigured(f"{name} must be a rate like 600/min (per s, min, hour or day), got {value!r}")
+    return value.strip()
 
 
 def env_url(name: str, schemes: tuple[str, ...]) -> str | None:

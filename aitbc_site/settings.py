@@ -13,7 +13,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from aitbc_site.env import env_bool, env_choice, env_int, env_list, env_str, env_url
+from aitbc_site.env import env_bool, env_choice, env_int, env_list, env_rate, env_str, env_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -253,6 +253,14 @@ FAUCET_KEYSTORE = Path(env_str("AITBC_FAUCET_KEYSTORE") or DATA_DIR / "devnet" /
 FAUCET_PASSWORD_FILE = Path(env_str("AITBC_FAUCET_PASSWORD_FILE") or DATA_DIR / "devnet" / "faucet.password")
 FAUCET_AMOUNT = env_int("AITBC_FAUCET_AMOUNT", 10_000_000, minimum=1)
 FAUCET_PER_HOUR = env_int("AITBC_FAUCET_PER_HOUR", 20, minimum=1)
+
+# Request rates per caller (aitbc_site/throttling.py). A batch of transactions counts as one
+# request, so the default leaves the benchmarks' batches far below it.
+CHAIN_SUBMIT_RATE = env_rate("AITBC_CHAIN_SUBMIT_RATE", "200/s")
+MARKET_JOB_RATE = env_rate("AITBC_MARKET_JOB_RATE", "600/min")
+# Reverse proxies in front of the web processes: the client's address is the one the
+# outermost proxy appended to X-Forwarded-For (without proxies the header is ignored).
+PROXY_COUNT = env_int("AITBC_PROXY_COUNT", 0, minimum=0, maximum=10)
 
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
