@@ -180,17 +180,25 @@ CELERY_TIMEZONE = "UTC"
 # The in-memory transport polls its queues; poll often so a queued task starts
 # within milliseconds. Redis delivers with BRPOP and needs no polling.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.01} if EMBEDDED else {"visibility_timeout": 3600}
+# TLS (rediss://): the server's certificate is always verified, against the system's CAs
+# or REDIS_CA_FILE's private CA. Every Redis client (channel layer, broker, results,
+# shared_state) takes the same options, so none of them can trust less than the others.
+REDIS_CA_FILE = env_str("REDIS_CA_FILE")
+REDIS_CLIENT_OPTIONS: dict[str, str] = {}
+if REDIS_CA_FILE and not (REDIS_URL or "").startswith("rediss://"):
+    raise ImproperlyConfigured("REDIS_CA_FILE is set but REDIS_URL is not a rediss:// (TLS) URL")
+if REDIS_CA_FILE and not os.access(REDIS_CA_FILE, os.R_OK):
+    raise ImproperlyConfigured(f"REDIS_CA_FILE: cannot read {REDIS_CA_FILE!r}")
 if REDIS_URL and REDIS_URL.startswith("rediss://"):
     import ssl
 
     _ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
-    _ca = env_str("REDIS_CA_FILE")
-    if _ca:
-        _ssl["ssl_ca_certs"] = _ca
+    if REDIS_CA_FILE:
+        _ssl["ssl_ca_certs"] = REDIS_CA_FILE
+        REDIS_CLIENT_OPTIONS["ssl_ca_certs"] = REDIS_CA_FILE
     CELERY_BROKER_USE_SSL = _ssl
     CELERY_REDIS_BACKEND_USE_SSL = _ssl
-    if _ca:
-        CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [{"address": REDIS_URL, "ssl_ca_certs": _ca}]
+    CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [{"address": REDIS_URL, **REDIS_CLIENT_OPTIONS}]
 
 # Chain node
 CHAIN_MEMPOOL_MAX = env_int("AITBC_MEMPOOL_MAX", 200_000, minimum=1)

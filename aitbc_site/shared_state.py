@@ -41,7 +41,9 @@ def redis_client():
 
         with _lock:
             if _client is None:
-                _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+                _client = redis.Redis.from_url(
+                    settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2, **settings.REDIS_CLIENT_OPTIONS
+                )
     return _client
 
 

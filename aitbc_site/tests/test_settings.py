@@ -54,6 +54,14 @@ BAD_ENVIRONMENTS: dict[str, tuple[dict[str, str], str]] = {
     "database-mysql": ({"DATABASE_URL": "mysql://user@127.0.0.1/aitbc"}, "DATABASE_URL"),
     "database-nonsense": ({"DATABASE_URL": "nonsense"}, "DATABASE_URL"),
     "redis-http": ({"REDIS_URL": "http://x"}, "REDIS_URL"),
+    "redis-ca-without-tls": (
+        {"REDIS_URL": "redis://127.0.0.1:6379/0", "REDIS_CA_FILE": "ca.crt"},
+        "REDIS_CA_FILE",
+    ),
+    "redis-ca-missing": (
+        {"REDIS_URL": "rediss://127.0.0.1:6379/0", "REDIS_CA_FILE": "/nonexistent/aitbc/ca.crt"},
+        "REDIS_CA_FILE",
+    ),
     "log-level-unknown": ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
     "prod-no-key": ({"AITBC_ENV": "production", "ALLOWED_HOSTS": "example.com"}, "SECRET_KEY"),
     "prod-short-key": (
