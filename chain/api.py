@@ -11,6 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from aitbc_site.throttling import ChainSubmitThrottle
 from chain import selectors, services
 from chain.protocol.encoding import parse_strict
 from chain.protocol.errors import ProtocolError
@@ -22,7 +23,7 @@ ERRORS = {
     403: OpenApiResponse(description="not_arbiter"),
     404: OpenApiResponse(description="escrow_not_found, not_found"),
     409: OpenApiResponse(description="bad_nonce, duplicate, insufficient_funds, escrow_closed, exceeds_escrow"),
-    429: OpenApiResponse(description="rate_limited"),
+    429: OpenApiResponse(description="rate_limited: too many submissions from this address (Retry-After)"),
     503: OpenApiResponse(description="mempool_full, or the node has no chain"),
 }
 MAX_BODY = 8 * 1024 * 1024
@@ -66,6 +67,8 @@ class StatusView(NodeView):
 
 
 class SubmitView(NodeView):
+    throttle_classes = [ChainSubmitThrottle]
+
     @extend_schema(
         summary="Submit one signed transaction to the mempool",
         request=OpenApiTypes.OBJECT,
@@ -83,11 +86,13 @@ class SubmitView(NodeView):
 
 
 class BatchView(NodeView):
+    throttle_classes = [ChainSubmitThrottle]
+
     @extend_schema(
         summary="Submit up to 5,000 signed transactions",
         description="Answers 200 with a list, in order, of `{id}` or `{error: {code, message}}`.",
         request=OpenApiTypes.OBJECT,
-        responses={200: OpenApiTypes.OBJECT, 400: ERRORS[400], 503: ERRORS[503]},
+        responses={200: OpenApiTypes.OBJECT, 400: ERRORS[400], 429: ERRORS[429], 503: ERRORS[503]},
         tags=["chain"],
     )
     def post(self, request: Request) -> Response:

@@ -23,6 +23,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from aitbc_site.errors import ApiError
+from aitbc_site.throttling import JobSubmitThrottle
 from chain.api import StrictJSONParser
 from chain.client import ChainUnavailable
 from marketplace import conf, selectors
@@ -312,7 +313,7 @@ JOB_TOKEN_PARAMETER = OpenApiParameter(
 
 
 class JobListCreateView(MarketAPIView):
-    throttle_classes = [PublicRateThrottle]
+    throttle_classes = [PublicRateThrottle, JobSubmitThrottle]
 
     def get_permissions(self):
         # Anyone may submit a job paid by their own escrow; reading the list needs a login.

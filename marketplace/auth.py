@@ -12,8 +12,8 @@ from rest_framework.authentication import BaseAuthentication, SessionAuthenticat
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
-from rest_framework.throttling import AnonRateThrottle
 
+from aitbc_site.throttling import Rate, RateThrottle, parse_rate
 from marketplace import conf
 from marketplace.gateway.keys import ApiKeyAuthentication
 from marketplace.models import Provider
@@ -56,26 +56,17 @@ class IsProvider(BasePermission):
         return isinstance(request.auth, Provider)
 
 
-class PublicRateThrottle(AnonRateThrottle):
-    """The public endpoints' rate per client address (``AITBC_MARKET_PUBLIC_RATE``)."""
+class PublicRateThrottle(RateThrottle):
+    """The public endpoints' rate per client address (``AITBC_MARKET_PUBLIC_RATE``).
 
-    scope = "marketplace_public"
+    Counted per address for everyone: logged-in users read the public lists too.
+    """
 
-    def get_rate(self) -> str:
-        return conf.PUBLIC_RATE
+    scope = "marketplace-public"
+    what = "requests to the public endpoints from one address"
 
-    def allow_request(self, request, view) -> bool:
-        # Counted per address for everyone: logged-in users read the public lists too.
-        if self.rate is None:
-            return True
-        self.key = self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
-        self.history = self.cache.get(self.key, [])
-        self.now = self.timer()
-        while self.history and self.history[-1] <= self.now - self.duration:
-            self.history.pop()
-        if len(self.history) >= self.num_requests:
-            return self.throttle_failure()
-        return self.throttle_success()
+    def rate(self) -> Rate:
+        return parse_rate(conf.PUBLIC_RATE, setting="AITBC_MARKET_PUBLIC_RATE")
 
 
 class ProviderTokenScheme(OpenApiAuthenticationExtension):

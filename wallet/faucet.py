@@ -10,14 +10,13 @@ under a lock, so concurrent grants do not collide on one nonce.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.core.cache import cache
 from django.views.decorators.debug import sensitive_variables
 
+from aitbc_site import throttling
 from chain.client import ChainClient
 from chain.protocol.errors import ProtocolError
 from chain.protocol.keys import Key, decode_address
@@ -88,12 +87,15 @@ _faucet = _Faucet()
 
 
 def _throttle(user_id: int, per_hour: int) -> None:
-    hour = int(time.time() // 3600)
-    key = f"faucet:{user_id}:{hour}"
-    cache.add(key, 0, 3700)
-    if cache.incr(key) > per_hour:
-        retry_after = int((hour + 1) * 3600 - time.time()) + 1
-        raise FaucetThrottled(f"the faucet gives at most {per_hour} grants per hour per user", retry_after)
+    try:
+        throttling.take(
+            scope="faucet",
+            caller=f"user:{user_id}",
+            rate=throttling.Rate(per_hour, 3600),
+            what="faucet grants for one user",
+        )
+    except throttling.RateLimited as exc:
+        raise FaucetThrottled(exc.message, int(exc.headers["Retry-After"])) from None
 
 
 def faucet_send(*, user_id: int, to: str, client: ChainClient | None = None) -> Grant:

@@ -14,12 +14,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.cache import cache
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -27,6 +25,7 @@ from rest_framework import exceptions as drf_exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import SAFE_METHODS
 
+from aitbc_site import throttling
 from aitbc_site.errors import ApiError
 from marketplace.gateway import conf
 from marketplace.gateway.models import ApiKey
@@ -170,21 +169,11 @@ def touch(key: ApiKey) -> None:
 
 
 def rate_check(key: ApiKey) -> None:
-    """Count one request against the key's rate (per minute, sliding window); 429 when over it."""
+    """Count one request against the key's rate (per minute); 429 when over it."""
     limit = key.rate_limit or conf.RATE_PER_MIN
-    cache_key = f"aitbc-gateway-rate:{key.pk}"
-    now = time.time()
-    history = [t for t in cache.get(cache_key, []) if t > now - 60]
-    if len(history) >= limit:
-        wait = max(1, int(history[-1] + 60 - now) + 1)
-        raise ApiError(
-            f"this API key is limited to {limit} requests per minute; retry in {wait} s",
-            code="rate_limited",
-            status=429,
-            headers={"Retry-After": str(wait)},
-        )
-    history.insert(0, now)
-    cache.set(cache_key, history, 60)
+    throttling.take(
+        scope="gateway", caller=f"key:{key.pk}", rate=throttling.Rate(limit, 60), what="requests with this API key"
+    )
 
 
 # -- the REST API -------------------------------------------------------------------------------
