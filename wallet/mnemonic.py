@@ -49,8 +49,9 @@ def normalize_mnemonic(text: str) -> str:
 def validate_mnemonic(text: str) -> str:
     """Check word count, words and checksum; return the normalized mnemonic.
 
-    Raises ``InvalidMnemonic`` naming the first unknown word and its position
-    (counting from 1), or saying the checksum is bad.
+    Raises ``InvalidMnemonic`` giving the position (counting from 1) of the first
+    unknown word, never the word: a misspelt word still tells much of the real one,
+    and the message reaches pages, API answers and logs. Or saying the checksum is bad.
     """
     phrase = normalize_mnemonic(text)
     words = phrase.split()
@@ -59,7 +60,7 @@ def validate_mnemonic(text: str) -> str:
     known = _wordset()
     for position, word in enumerate(words, start=1):
         if word not in known:
-            raise InvalidMnemonic(f"word {position} ({word!r}) is not in the BIP-39 English word list")
+            raise InvalidMnemonic(f"word {position} is not in the BIP-39 English word list")
     if not _english().check(phrase):
         raise InvalidMnemonic("bad checksum: the words are valid but do not form a valid mnemonic")
     return phrase

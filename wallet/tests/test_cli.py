@@ -214,12 +214,15 @@ def test_import_from_a_mnemonic_with_a_passphrase_file(wallet_cli, data_dir, tmp
     assert imported["pubkey"] == MNEMONIC_VECTOR["pubkey"]
 
 
-def test_import_of_an_invalid_mnemonic_names_the_word(wallet_cli, data_dir, tmp_path: Path, password_file) -> None:
+def test_import_of_an_invalid_mnemonic_names_the_position_not_the_word(
+    wallet_cli, data_dir, tmp_path: Path, password_file
+) -> None:
     words = MNEMONIC_VECTOR["mnemonic"].split()
     words[2] = "thanks"
     (tmp_path / "words").write_text(" ".join(words))
-    with pytest.raises(CommandError, match=r"word 3 \('thanks'\)"):
+    with pytest.raises(CommandError, match=r"word 3 is not in the BIP-39") as raised:
         wallet_cli("import", "x", "--mnemonic-file", str(tmp_path / "words"), "--password-file", str(password_file))
+    assert "thanks" not in str(raised.value)
 
 
 def test_import_of_a_weak_keystore_rewrites_it_at_the_write_parameters(

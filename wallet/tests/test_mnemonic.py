@@ -65,11 +65,12 @@ def test_spacing_and_case_do_not_change_the_key() -> None:
     assert key_from_mnemonic(messy).address == MNEMONICS[0]["address"]
 
 
-def test_an_unknown_word_is_named_with_its_position() -> None:
+def test_an_unknown_word_is_given_by_its_position_never_shown() -> None:
     words = VALID_24.split()
     words[4] = "abandonn"
-    with pytest.raises(InvalidMnemonic, match=r"word 5 \('abandonn'\)"):
+    with pytest.raises(InvalidMnemonic, match=r"word 5 is not in the BIP-39") as raised:
         validate_mnemonic(" ".join(words))
+    assert "abandonn" not in str(raised.value)
 
 
 def test_a_bad_checksum_is_refused() -> None:
