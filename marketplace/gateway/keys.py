@@ -195,7 +195,12 @@ class ApiKeyAuthentication(BaseAuthentication):
             raise drf_exceptions.PermissionDenied(
                 "an API key reads the marketplace API and uses the gateway; log in to change anything"
             )
-        return key.owner, key
+        # A key reads what its owner owns: staff rights stay with the staff member's login, so a
+        # leaked or shared key of an operator does not open everyone's jobs and deposits. This
+        # user object is the key's own (loaded with it) and is never saved.
+        owner = key.owner
+        owner.is_staff = owner.is_superuser = False
+        return owner, key
 
     def authenticate_header(self, request) -> str:
         return AUTHENTICATE_HEADER
