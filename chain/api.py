@@ -63,7 +63,10 @@ class StatusView(NodeView):
         from chain.network import driver
 
         current = driver()
-        return Response(selectors.status(self.state(), peers=current.peers_info() if current else []))
+        answer = selectors.status(self.state(), peers=current.peers_info() if current else [])
+        if current is not None:
+            answer["p2p"] = current.p2p_info()
+        return Response(answer)
 
 
 class SubmitView(NodeView):

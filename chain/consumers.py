@@ -37,6 +37,6 @@ class P2PConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None:
-            self.driver.gossip.penalize(self.peer, 20, "binary frame")
+            self.driver.gossip.penalize(self.peer, network.PENALTY["binary"], "binary frame")
             return
         self.driver.gossip.received(self.peer, text_data)

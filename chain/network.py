@@ -47,8 +47,9 @@ from chain.consensus import (
     ValidatorSet,
     Vote,
     proposal_body,
+    verify_proposal_signature,
 )
-from chain.protocol.block import vote_body
+from chain.protocol.block import verify_vote, vote_body
 from chain.protocol.encoding import canonical_json
 from chain.protocol.errors import ProtocolError
 from chain.protocol.keys import Key, domain_tag
@@ -58,7 +59,37 @@ logger = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 BAN_SCORE = -100
 BAN_SECONDS = 60
+SCORE_RECOVERY_PER_S = 1  # a peer's score climbs back towards 0, so rare honest slips never add up to a ban
 SEEN_CAPACITY = 50_000
+# Per peer: what it may send (token buckets: a sustained rate and a burst) and what of it may
+# wait for the consensus thread at once. Beyond the rate each frame is dropped and costs a point;
+# beyond the queue bound frames are dropped without cost (the backlog may be this node's slowness).
+PEER_MESSAGES_PER_S = 2_000
+PEER_MESSAGE_BURST = 10_000
+PEER_BYTES_PER_S = 32 * 1024 * 1024
+PEER_BYTE_BURST = 64 * 1024 * 1024
+PEER_QUEUE_MAX = 1_000
+INBOX_MAX = 10_000  # events waiting for the consensus thread, all peers together
+TX_INBOX_MAX = 1_000  # txs messages waiting for admission
+FUTURE_MAX = 5_000  # consensus messages kept for the next height
+SYNC_RETRY_S = 5  # a peer whose claimed height gave nothing to sync is not asked again before this
+# What each kind of misbehaviour costs a peer's score.
+PENALTY = {
+    "oversized": 50,
+    "binary": 20,
+    "malformed_json": 20,
+    "no_type": 20,
+    "unknown_type": 5,
+    "other_chain": 200,
+    "malformed_consensus": 20,
+    "non_validator": 10,
+    "not_proposer": 20,
+    "bad_signature": 20,
+    "bad_txs": 20,
+    "bad_block": 30,
+    "unservable_height": 10,
+    "flood": 1,
+}
 SYNC_BATCH = 200
 STEP_ORDER = {"proposal": 0, "prevote": 1, "precommit": 2}
 DOMAIN_PROPOSAL = domain_tag("proposal")
@@ -138,6 +169,24 @@ def load_lock(height: int) -> tuple[int, str, dict] | None:
 # -- peers -------------------------------------------------------------------------------------------
 
 
+class RateBucket:
+    """A token bucket: ``rate`` tokens a second, at most ``burst`` saved up."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.at = time.monotonic()
+
+    def take(self, cost: float = 1) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < cost:
+            return False
+        self.tokens -= cost
+        return True
+
+
 @dataclass
 class Peer:
     id: str
@@ -149,6 +198,18 @@ class Peer:
     score: int = 0
     connected_at: float = field(default_factory=time.time)
     send: Any = None  # callable(text) that queues a frame to this peer
+    # Frames queued for the consensus thread and frames it has handled, each written by one
+    # thread only (the connection's event loop, the consensus thread), so neither loses counts.
+    enqueued: int = 0
+    handled: int = 0
+    scored_at: float = field(default_factory=time.monotonic)
+    sync_after: float = 0.0
+    messages: RateBucket = field(default_factory=lambda: RateBucket(PEER_MESSAGES_PER_S, PEER_MESSAGE_BURST))
+    traffic: RateBucket = field(default_factory=lambda: RateBucket(PEER_BYTES_PER_S, PEER_BYTE_BURST))
+
+    @property
+    def queued(self) -> int:
+        return self.enqueued - self.handled
 
     def info(self) -> dict[str, Any]:
         return {
@@ -158,6 +219,7 @@ class Peer:
             "url": self.url,
             "height": self.height,
             "score": self.score,
+            "queued": self.queued,
         }
 
 
@@ -170,6 +232,11 @@ class Gossip:
         self.peers: dict[str, Peer] = {}
         self.banned: dict[str, float] = {}
         self.blocked_nodes: set[str] = set()  # test hook: a network partition
+        # What hostile or broken peers cost: shown by /status (``p2p``), so operators and tests see it.
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("penalties", "disconnects", "refused", "dropped_rate", "dropped_queue", "dropped_future", "dropped_txs"),
+            0,
+        )
         self.lock = threading.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
@@ -241,18 +308,42 @@ class Gossip:
         logger.info("peer %s disconnected", peer.id)
 
     def received(self, peer: Peer, text: str) -> None:
+        """A frame from ``peer``, on its connection's event loop: admit it to the consensus queue or drop it."""
+        if peer.id not in self.peers:
+            return  # disconnected already; frames still in flight are not worth a look
         if peer.node_id and peer.node_id in self.blocked_nodes:
             return
         if len(text) > MAX_MESSAGE_BYTES:
-            self.penalize(peer, 50, "oversized message")
+            self.penalize(peer, PENALTY["oversized"], "oversized message")
             return
+        if not peer.messages.take() or not peer.traffic.take(len(text)):
+            self.counters["dropped_rate"] += 1
+            self.penalize(peer, PENALTY["flood"], "flooding: frame dropped", quiet=True)
+            return
+        if peer.queued >= PEER_QUEUE_MAX or self.driver.inbox.qsize() >= INBOX_MAX:
+            self.counters["dropped_queue"] += 1
+            return
+        peer.enqueued += 1
         self.driver.enqueue(("message", peer, text))
 
-    def penalize(self, peer: Peer, points: int, why: str) -> None:
-        peer.score -= points
-        logger.warning("peer %s (%s): %s (score %d)", peer.id, peer.node_id or peer.url, why, peer.score)
-        if peer.score <= BAN_SCORE:
+    def penalize(self, peer: Peer, points: int, why: str, *, quiet: bool = False) -> None:
+        now = time.monotonic()
+        peer.score = min(0, peer.score + int((now - peer.scored_at) * SCORE_RECOVERY_PER_S)) - points
+        peer.scored_at = now
+        self.counters["penalties"] += 1
+        # A flood costs a point a frame: one line per ten points, not one per frame.
+        if not quiet or peer.score % 10 == 0:
+            logger.warning("peer %s (%s): %s (score %d)", peer.id, peer.node_id or peer.url, why, peer.score)
+        if peer.score <= BAN_SCORE and peer.id in self.peers:
             self.banned[peer.node_id or peer.url or peer.id] = time.time() + BAN_SECONDS
+            self.counters["disconnects"] += 1
+            logger.warning(
+                "peer %s (%s) disconnected and refused for %d s: score %d",
+                peer.id,
+                peer.node_id or peer.url,
+                BAN_SECONDS,
+                peer.score,
+            )
             self.disconnect(peer)
 
     def disconnect(self, peer: Peer) -> None:
@@ -323,7 +414,7 @@ class ConsensusDriver:
         self.thread = threading.Thread(target=self._run, name="consensus", daemon=True)
         # Gossiped transactions are admitted on their own thread, as RPC submissions are on theirs:
         # thousands of signatures queued ahead of a proposal would otherwise outlast its timeout.
-        self.tx_inbox: queue.Queue = queue.Queue()
+        self.tx_inbox: queue.Queue = queue.Queue(maxsize=TX_INBOX_MAX)
         self.tx_thread = threading.Thread(target=self._run_txs, name="tx-gossip", daemon=True)
         self.last_error: str | None = None
         self.loop_seen_at = time.monotonic()
@@ -342,7 +433,10 @@ class ConsensusDriver:
     def stop(self) -> None:
         self._stop.set()
         self.inbox.put(("stop",))
-        self.tx_inbox.put(None)
+        try:
+            self.tx_inbox.put(None, timeout=5)
+        except queue.Full:
+            pass
         self.gossip.stop()
         self.thread.join(10)
         self.tx_thread.join(10)
@@ -385,6 +479,20 @@ class ConsensusDriver:
     def peers_info(self) -> list[dict]:
         with self.gossip.lock:
             return [p.info() for p in self.gossip.peers.values()]
+
+    def p2p_info(self) -> dict[str, Any]:
+        """What hostile peers cost this node, and how full its queues are (``/status`` ``p2p``)."""
+        now = time.time()
+        return {
+            **self.gossip.counters,
+            "banned": sum(1 for until in list(self.gossip.banned.values()) if until > now),
+            "inbox": self.inbox.qsize(),
+            "inbox_max": INBOX_MAX,
+            "tx_inbox": self.tx_inbox.qsize(),
+            "tx_inbox_max": TX_INBOX_MAX,
+            "future": len(self.future),
+            "future_max": FUTURE_MAX,
+        }
 
     # the thread
     def _run(self) -> None:
@@ -567,6 +675,7 @@ class ConsensusDriver:
 
     # messages
     def _on_text(self, peer: Peer, text: str) -> None:
+        peer.handled += 1
         digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
         if digest in self.seen:
             return
@@ -580,10 +689,10 @@ class ConsensusDriver:
             # floats gain a peer nothing; the strict decoder cost more than the rest of gossip.
             message = json.loads(text)
         except (ValueError, RecursionError):
-            self.gossip.penalize(peer, 20, "malformed JSON")
+            self.gossip.penalize(peer, PENALTY["malformed_json"], "malformed JSON")
             return
         if not isinstance(message, dict) or type(message.get("type")) is not str:
-            self.gossip.penalize(peer, 20, "message without a type")
+            self.gossip.penalize(peer, PENALTY["no_type"], "message without a type")
             return
         kind = message["type"]
         if kind in ("hello", "status"):
@@ -597,7 +706,10 @@ class ConsensusDriver:
                 peer.height = max(peer.height, message["height"])
                 self._maybe_sync(peer)
         elif kind == "txs":
-            self.tx_inbox.put((peer, message))
+            try:
+                self.tx_inbox.put_nowait((peer, message))
+            except queue.Full:
+                self.gossip.counters["dropped_txs"] += 1
         elif kind in ("proposal", "vote"):
             self._consensus_message(peer, message)
         elif kind == "block":
@@ -608,17 +720,18 @@ class ConsensusDriver:
             if evidence_record(votes=message.get("evidence")):
                 self.gossip.broadcast(text, exclude=peer)
         else:
-            self.gossip.penalize(peer, 5, f"unknown message type {kind[:40]!r}")
+            self.gossip.penalize(peer, PENALTY["unknown_type"], f"unknown message type {kind[:40]!r}")
 
     def _on_hello(self, peer: Peer, message: dict) -> None:
         if message.get("chain_id") != self.chain_id or message.get("genesis_id") != self.genesis_id:
-            self.gossip.penalize(peer, 200, "hello from another chain")
+            self.gossip.penalize(peer, PENALTY["other_chain"], "hello from another chain")
             return
         node_id = message.get("node_id")
         if type(node_id) is not str or not node_id or node_id == self.node_id:
             self.gossip.disconnect(peer)
             return
         if self.gossip.is_banned(node_id):
+            self.gossip.counters["refused"] += 1
             self.gossip.disconnect(peer)
             return
         peer.node_id = node_id
@@ -636,12 +749,17 @@ class ConsensusDriver:
 
         txs = message.get("txs")
         if not isinstance(txs, list) or len(txs) > 5000:
-            self.gossip.penalize(peer, 20, "bad txs message")
+            self.gossip.penalize(peer, PENALTY["bad_txs"], "bad txs message")
             return
         state = ChainState.objects.get(singleton=1)
         results = mempool_admit(txs=txs, chain_id=state.chain_id, min_fee=state.params["min_fee"])
         fresh = [tx for tx, r in zip(txs, results, strict=True) if r.error is None]
-        bad = sum(1 for r in results if r.error is not None and r.error.code in ("bad_signature", "wrong_chain"))
+        # Codes no honest node's admitted transaction can earn here (state-dependent ones can: races).
+        bad = sum(
+            1
+            for r in results
+            if r.error is not None and r.error.code in ("malformed", "invalid_address", "bad_signature", "wrong_chain")
+        )
         if bad:
             self.gossip.penalize(peer, min(50, 5 * bad), f"{bad} invalid transactions")
         if fresh:
@@ -656,31 +774,63 @@ class ConsensusDriver:
                 item = Vote.from_message(message, self.chain_id)
         except (ValueError, KeyError, TypeError) as exc:
             if peer is not None:
-                self.gossip.penalize(peer, 20, f"malformed {message.get('type')}: {exc}")
+                self.gossip.penalize(peer, PENALTY["malformed_consensus"], f"malformed {message.get('type')}: {exc}")
             return
-        if state is None:
+        if state is None or item.height < state.height:
+            return  # a height already decided: a late or replayed message, harmless
+        if peer is not None and not self._authentic(peer, item, state):
             return
         if item.height > state.height or not state.started:
             if item.height <= state.height + 1:
-                self.future.append((peer, dict(message, height_hint=item.height)))
+                if len(self.future) < FUTURE_MAX:
+                    self.future.append((peer, dict(message, height_hint=item.height)))
+                else:
+                    self.gossip.counters["dropped_future"] += 1
             if peer is not None and item.height > state.height:
                 peer.height = max(peer.height, item.height - 1)
                 self._maybe_sync(peer)
             return
-        if item.height < state.height:
-            return
+        if isinstance(item, Proposal):
+            outputs = state.receive_proposal(item)
+            accepted = state.proposals.get(item.round) is item
+        else:
+            outputs = state.receive_vote(item)
+            tally = state.votes.get((item.round, item.step))
+            accepted = tally is not None and tally.votes.get(item.validator) is item
+        if accepted:
+            # Relay what we accepted, re-encoded canonically, so a partially connected network still
+            # hears it and variants of one message's text do not each travel the whole network.
+            relay = {k: v for k, v in message.items() if k != "height_hint"}
+            self.gossip.broadcast(canonical_json(relay).decode("utf-8"), exclude=peer)
+        self._do(outputs)
+
+    def _authentic(self, peer: Peer, item: Proposal | Vote, state: HeightState) -> bool:
+        """Whether a consensus message from ``peer`` is signed by its validator; penalize it if not.
+
+        Checked against the current validator set before the message is believed at all, so
+        a non-validator cannot make this node sync from it or fill its queue for the next height.
+        A validator not in the current set may be one that joins at a later height: its messages
+        for later heights are dropped without a penalty (the others' will say the same).
+        """
         validators = state.validators
         sender = item.proposer if isinstance(item, Proposal) else item.validator
-        if validators.power(sender) == 0:
-            if peer is not None:
-                self.gossip.penalize(peer, 10, "consensus message from a non-validator")
-            return
-        outputs = state.receive_proposal(item) if isinstance(item, Proposal) else state.receive_vote(item)
-        # Relay what we accepted so a partially connected network still hears it.
-        self.gossip.broadcast(
-            json.dumps({k: v for k, v in message.items() if k != "height_hint"}, ensure_ascii=False), exclude=peer
-        )
-        self._do(outputs)
+        pubkey = validators.pubkey(sender)
+        if pubkey is None or validators.power(sender) == 0:
+            if item.height == state.height:
+                self.gossip.penalize(peer, PENALTY["non_validator"], "consensus message from a non-validator")
+            return False
+        if isinstance(item, Proposal):
+            if item.height == state.height and item.proposer != validators.proposer(item.height, item.round):
+                why = f"proposal from a non-proposer of round {item.round}"
+                self.gossip.penalize(peer, PENALTY["not_proposer"], why)
+                return False
+            valid = verify_proposal_signature(pubkey, item.body(self.chain_id), item.signature)
+        else:
+            valid = verify_vote(pubkey, item.body(self.chain_id), item.signature)
+        if not valid:
+            kind = "proposal" if isinstance(item, Proposal) else item.step
+            self.gossip.penalize(peer, PENALTY["bad_signature"], f"{kind} with an invalid signature")
+        return valid
 
     def _on_block(self, peer: Peer, message: dict) -> None:
         from chain.models import ChainState
@@ -688,7 +838,7 @@ class ConsensusDriver:
 
         block, commit = message.get("block"), message.get("commit")
         if not isinstance(block, dict) or not isinstance(block.get("header"), dict):
-            self.gossip.penalize(peer, 20, "malformed block message")
+            self.gossip.penalize(peer, PENALTY["bad_block"], "malformed block message")
             return
         height = block["header"].get("height")
         current = ChainState.objects.get(singleton=1).height
@@ -701,10 +851,10 @@ class ConsensusDriver:
         try:
             block_commit(body=block, commit=commit)
         except BlockInvalid as exc:
-            self.gossip.penalize(peer, 30, f"invalid block {height}: {exc}")
+            self.gossip.penalize(peer, PENALTY["bad_block"], f"invalid block {height}: {exc}")
             return
         except (KeyError, TypeError, ProtocolError) as exc:
-            self.gossip.penalize(peer, 30, f"malformed block {height}: {exc}")
+            self.gossip.penalize(peer, PENALTY["bad_block"], f"malformed block {height}: {exc}")
             return
         self.decided_at = time.time()
         logger.info("height %d final from a peer's block: %d transactions", height, len(block.get("txs") or []))
@@ -735,9 +885,15 @@ class ConsensusDriver:
     def _maybe_sync(self, peer: Peer) -> None:
         from chain.models import ChainState
 
+        # Cheap checks first: this runs for every status a peer sends.
+        if peer.height <= self.height or time.monotonic() < peer.sync_after:
+            return
         height = ChainState.objects.get(singleton=1).height
-        if peer.height > height + 1 or (peer.height > height and time.time() - self.decided_at > 5):
-            self.sync_from(peer)
+        due = peer.height > height + 1 or (peer.height > height and time.time() - self.decided_at > 5)
+        # Whatever the reason a sync brings nothing (a peer that lied about its height, one whose
+        # RPC is down), asking that peer again at once would only stall this thread again.
+        if due and self.sync_from(peer) == 0:
+            peer.sync_after = time.monotonic() + SYNC_RETRY_S
 
     def sync_from(self, peer: Peer) -> int:
         """Fetch blocks with their commits from ``peer`` and apply each after checking its commit."""
@@ -763,12 +919,14 @@ class ConsensusDriver:
                 logger.warning("sync from %s failed at height %d: %s", base, height, exc)
                 break
             if not blocks:
+                if applied == 0 and peer.id in self.gossip.peers:
+                    self.gossip.penalize(peer, PENALTY["unservable_height"], f"claims height {target}, serves none")
                 break
             for item in blocks:
                 try:
                     block_commit(body=item["block"], commit=item["commit"])
-                except (BlockInvalid, KeyError, TypeError) as exc:
-                    self.gossip.penalize(peer, 30, f"sync: bad block {height}: {exc}")
+                except (BlockInvalid, KeyError, TypeError, ProtocolError) as exc:
+                    self.gossip.penalize(peer, PENALTY["bad_block"], f"sync: bad block {height}: {exc}")
                     return applied
                 applied += 1
                 height += 1
