@@ -27,11 +27,22 @@ if not DATA_DIR.is_absolute():
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 
+# The placeholders of deploy/env/*.env.example and docs: a production secret left at one
+# of them is a secret everyone knows.
+_PLACEHOLDERS = ("change-me", "changeme", "change_me")
+
+
+def _is_placeholder(value: str | None) -> bool:
+    return bool(value) and any(word in value.lower() for word in _PLACEHOLDERS)
+
+
 def _secret_key() -> str:
     key = env_str("SECRET_KEY")
     if key:
-        if PRODUCTION and (len(key) < 50 or key.startswith("django-insecure")):
+        if PRODUCTION and (len(key) < 50 or key.startswith("django-insecure") or len(set(key)) < 5):
             raise ImproperlyConfigured("SECRET_KEY must be at least 50 random characters in production")
+        if PRODUCTION and _is_placeholder(key):
+            raise ImproperlyConfigured("SECRET_KEY is the example's placeholder; generate a random one")
         return key
     if PRODUCTION:
         raise ImproperlyConfigured("SECRET_KEY is required when AITBC_ENV=production")
@@ -199,6 +210,15 @@ if REDIS_URL and REDIS_URL.startswith("rediss://"):
     CELERY_BROKER_USE_SSL = _ssl
     CELERY_REDIS_BACKEND_USE_SSL = _ssl
     CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [{"address": REDIS_URL, **REDIS_CLIENT_OPTIONS}]
+
+if PRODUCTION:
+    from urllib.parse import unquote, urlsplit
+
+    for _name, _url in (("REDIS_URL", REDIS_URL), ("DATABASE_URL", _database_url)):
+        if _url and _is_placeholder(unquote(urlsplit(_url).password or "")):
+            raise ImproperlyConfigured(f"{_name} still has the example's placeholder password; set the real one")
+    if _is_placeholder(env_str("METRICS_TOKEN")):
+        raise ImproperlyConfigured("METRICS_TOKEN is the example's placeholder; generate a random one")
 
 # Chain node
 CHAIN_MEMPOOL_MAX = env_int("AITBC_MEMPOOL_MAX", 200_000, minimum=1)

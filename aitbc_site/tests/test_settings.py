@@ -30,6 +30,7 @@ def random_secret(length: int = 64) -> str:
 
 
 GOOD_KEY = random_secret()
+PRODUCTION_ENV = {"AITBC_ENV": "production", "SECRET_KEY": GOOD_KEY, "ALLOWED_HOSTS": "example.com"}
 
 
 def run_python(code: str, data_dir: Path, **env: str) -> subprocess.CompletedProcess:
@@ -73,6 +74,23 @@ BAD_ENVIRONMENTS: dict[str, tuple[dict[str, str], str]] = {
         {"AITBC_ENV": "production", "SECRET_KEY": GOOD_KEY, "ALLOWED_HOSTS": "example.com", "DEBUG": "1"},
         "DEBUG",
     ),
+    "prod-low-variety-key": (
+        {"AITBC_ENV": "production", "SECRET_KEY": "abcd" * 20, "ALLOWED_HOSTS": "example.com"},
+        "SECRET_KEY",
+    ),
+    "prod-placeholder-key": (
+        {"AITBC_ENV": "production", "SECRET_KEY": GOOD_KEY[:40] + "-CHANGE-ME", "ALLOWED_HOSTS": "example.com"},
+        "SECRET_KEY",
+    ),
+    "prod-placeholder-redis-password": (
+        {**PRODUCTION_ENV, "REDIS_URL": "redis://:CHANGE-ME@redis.internal:6379/0"},
+        "REDIS_URL",
+    ),
+    "prod-placeholder-database-password": (
+        {**PRODUCTION_ENV, "DATABASE_URL": "postgres://aitbc:CHANGE-ME@db.internal:5432/aitbc"},
+        "DATABASE_URL",
+    ),
+    "prod-placeholder-metrics-token": ({**PRODUCTION_ENV, "METRICS_TOKEN": "CHANGE-ME"}, "METRICS_TOKEN"),
     "debug-not-a-boolean": ({"DEBUG": "maybe"}, "DEBUG"),
     "secret-file-missing": ({"SECRET_KEY_FILE": "/nonexistent/aitbc/secret"}, "SECRET_KEY_FILE"),
     "unknown-environment": ({"AITBC_ENV": "staging"}, "AITBC_ENV"),
