@@ -36,7 +36,8 @@ from chain.protocol.keys import Key
 from wallet import keystore as keystore_module
 from wallet.keystore import encrypt_key, keystore_json
 from wallet.mnemonic import key_from_mnemonic
-from wallet.tests.support import FAST_KDF
+from wallet.tests.conftest import live_node  # noqa: F401  (the fixture: one real chain node)
+from wallet.tests.support import FAST_KDF, vector_key
 
 pytestmark = pytest.mark.django_db
 
@@ -627,3 +628,49 @@ def test_a_500_with_debug_off_shows_and_logs_no_secret(
     assert_no_leak("the 500 answers", body(api) + body(page), named)
     assert "unexpected failure" not in body(api) + body(page)
     assert_no_leak("the log", captured.text(), named)
+
+
+# -- a send that a real node commits ----------------------------------------------------------
+
+
+@pytest.mark.process
+def test_a_committed_send_from_the_cli_and_the_api_shows_and_logs_no_secret(
+    captured: Captured,
+    data_dir: Path,
+    tmp_path: Path,
+    live_node,  # noqa: F811  (the fixture imported above)
+    fast_kdf: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AITBC_NODE_URL", live_node.url)
+    funded = vector_key()
+    keystore_file = secret_file(tmp_path, "funded.json", keystore_json(encrypt_key(funded, PASSWORD)))
+    password_file = secret_file(tmp_path, "password", PASSWORD)
+    to = Key.generate().address
+
+    outputs = [
+        run_command("wallet", "import", "funded", "--keystore", str(keystore_file), "--password-file",
+                    str(password_file)),
+        run_command("wallet", "send", "funded", "--to", to, "--amount", "7", "--password-file", str(password_file),
+                    "--wait", "--json"),
+    ]  # fmt: skip
+    assert first_json(outputs[1])["status"] == "committed", outputs[1]
+
+    client = logged_in(make_user("alice"))
+    imported = client.post(
+        "/v1/wallets/import",
+        data=json.dumps({"name": "funded", "keystore": encrypt_key(funded, PASSWORD), "password": PASSWORD}),
+        content_type="application/json",
+    )
+    sent = client.post(
+        f"/v1/wallets/{funded.address}/send",
+        data=json.dumps({"to": to, "amount": 7, "password": PASSWORD}),
+        content_type="application/json",
+    )
+    assert sent.status_code == 202, sent.content
+
+    named = {"password": PASSWORD, "seed": funded}
+    assert_no_leak("the commands' output", "\n".join(outputs), named)
+    assert_no_leak("the answers", body(imported) + body(sent), named)
+    assert_no_leak("the log", captured.text(), named)
+    assert_no_leak("the node's log", live_node.log_path.read_text(errors="replace"), named)
