@@ -451,3 +451,21 @@ def test_the_events_socket_refuses_a_foreign_origin_and_gives_each_user_only_the
             await close_layer()
 
     async_to_sync(scenario)()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_p2p_socket_of_a_process_that_is_no_node_refuses_every_peer(settings) -> None:
+    from channels.testing import WebsocketCommunicator
+
+    from aitbc_site.asgi import application
+    from chain import network
+
+    settings.CHANNEL_LAYERS = in_memory_layer()
+    assert network.driver() is None
+
+    async def scenario() -> None:
+        socket = WebsocketCommunicator(application, "/p2p/", headers=[(b"host", b"127.0.0.1")])
+        connected, code = await socket.connect(timeout=RECEIVE_TIMEOUT)
+        assert not connected and code == 4404
+
+    async_to_sync(scenario)()
