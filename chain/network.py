@@ -853,7 +853,8 @@ class ConsensusDriver:
         except BlockInvalid as exc:
             self.gossip.penalize(peer, PENALTY["bad_block"], f"invalid block {height}: {exc}")
             return
-        except (KeyError, TypeError, ProtocolError) as exc:
+        except (KeyError, TypeError, ValueError, ProtocolError) as exc:
+            # ValueError: a header the canonical encoding refuses (a lone surrogate, NaN from the C decoder).
             self.gossip.penalize(peer, PENALTY["bad_block"], f"malformed block {height}: {exc}")
             return
         self.decided_at = time.time()
@@ -925,7 +926,7 @@ class ConsensusDriver:
             for item in blocks:
                 try:
                     block_commit(body=item["block"], commit=item["commit"])
-                except (BlockInvalid, KeyError, TypeError, ProtocolError) as exc:
+                except (BlockInvalid, KeyError, TypeError, ValueError, ProtocolError) as exc:
                     self.gossip.penalize(peer, PENALTY["bad_block"], f"sync: bad block {height}: {exc}")
                     return applied
                 applied += 1

@@ -193,7 +193,7 @@ def verify_commit(
         if not isinstance(entry, dict):
             raise _bad("commit signature entries are objects")
         address = entry.get("validator")
-        if address in seen or address not in validators:
+        if type(address) is not str or address in seen or address not in validators:
             raise _bad(f"commit signature from unknown or repeated validator {address!r}")
         pubkey, power = validators[address]
         if not verify_vote(pubkey, body, entry.get("signature", "")):

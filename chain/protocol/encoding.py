@@ -26,6 +26,10 @@ def _reject_float(text: str) -> Any:
 
 
 def _parse_int(text: str) -> int:
+    # Checked before int(): a long run of digits costs quadratic time, and past Python's
+    # 4300-digit limit int() raises ValueError instead of the protocol's error.
+    if len(text) > 17:
+        raise ProtocolError("malformed", f"integer {text[:20]}... is outside [0, 2^53 - 1]")
     value = int(text)
     if value < 0 or value > MAX_INT:
         raise ProtocolError("malformed", f"integer {text} is outside [0, 2^53 - 1]")

@@ -126,7 +126,7 @@ def check_fields(tx: Any) -> None:
     if type(tx["chain_id"]) is not str or not tx["chain_id"]:
         raise _malformed("chain_id must be a non-empty string")
     kind = tx["type"]
-    if kind not in PAYLOAD_FIELDS:
+    if type(kind) is not str or kind not in PAYLOAD_FIELDS:
         raise _malformed(f"unknown transaction type {kind!r}" if type(kind) is str else "type must be a string")
     if not is_hex(tx["pubkey"], 32):
         raise _malformed("pubkey must be 32 bytes of lowercase hex")
