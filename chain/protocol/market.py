@@ -157,7 +157,7 @@ def check_receipt_fields(receipt: Any) -> None:
             raise _malformed(f"receipt {name} must be an integer in [0, 2^53 - 1]")
     if receipt["finished_ms"] < receipt["started_ms"]:
         raise _malformed("receipt finished_ms is before started_ms")
-    if receipt["finish_reason"] not in FINISH_REASONS:
+    if type(receipt["finish_reason"]) is not str or receipt["finish_reason"] not in FINISH_REASONS:
         raise _malformed(f"receipt finish_reason must be one of {', '.join(sorted(FINISH_REASONS))}")
     if not is_hex(receipt["pubkey"], 32):
         raise _malformed("receipt pubkey must be 32 bytes of lowercase hex")
