@@ -327,6 +327,11 @@ def test_metrics_open_to_loopback_or_the_token_only(anonymous: Client, settings)
     assert anonymous.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
     assert anonymous.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {settings.METRICS_TOKEN}").status_code == 200
     assert Client(REMOTE_ADDR="127.0.0.1").get("/metrics").status_code == 200
+    # Through a proxy on the same host a client looks like loopback: forwarded requests need the token.
+    for header in ({"HTTP_X_FORWARDED_FOR": "203.0.113.7"}, {"HTTP_FORWARDED": "for=203.0.113.7"}):
+        proxied = Client(REMOTE_ADDR="127.0.0.1", **header)
+        assert proxied.get("/metrics").status_code == 401
+        assert proxied.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {settings.METRICS_TOKEN}").status_code == 200
 
 
 def test_the_test_hook_is_not_found_without_test_hooks(anonymous: Client, settings) -> None:
