@@ -269,6 +269,7 @@ class Gossip:
                     loop = asyncio.get_running_loop()
                     peer.send = lambda text, q=outbox, lp=loop: lp.call_soon_threadsafe(q.put_nowait, text)
                     self.add(peer)
+                    sender: asyncio.Task | None = None
                     try:
                         await ws.send(self.driver.hello_text())
                         sender = asyncio.create_task(self._pump(ws, outbox))
@@ -278,8 +279,11 @@ class Gossip:
                             self.received(peer, frame)
                             if peer.id not in self.peers:
                                 break
-                        sender.cancel()
                     finally:
+                        # Also when the peer died mid-read: a sender left waiting on its queue is
+                        # garbage-collected later as "Task was destroyed but it is pending!".
+                        if sender is not None:
+                            sender.cancel()
                         self.remove(peer)
             except (TimeoutError, OSError) as exc:
                 logger.debug("p2p dial %s failed: %s", url, exc)
