@@ -111,11 +111,17 @@ class Devnet:
         return part
 
     def start_all(self, timeout: float = 120.0) -> None:
-        for part in self.parts:
+        # Nodes first: the coordinator and the providers ask the chain for its state as soon as
+        # they start, and a node that is not up yet turns those requests into 503s logged as errors.
+        deadline = time.monotonic() + timeout
+        self._start_and_wait([p for p in self.parts if p.role == "node"], deadline, timeout)
+        self._start_and_wait([p for p in self.parts if p.role != "node"], deadline, timeout)
+
+    def _start_and_wait(self, parts: list[Part], deadline: float, timeout: float) -> None:
+        for part in parts:
             logger.info("starting %s %s: %s", part.role, part.name, " ".join(part.argv))
             part.start()
-        deadline = time.monotonic() + timeout
-        waiting = list(self.parts)
+        waiting = list(parts)
         while waiting:
             if self._stopping:
                 raise RuntimeError("stopped while starting")
