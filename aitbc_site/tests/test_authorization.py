@@ -474,3 +474,39 @@ def test_the_p2p_socket_of_a_process_that_is_no_node_refuses_every_peer(settings
         assert not connected and code == 4404
 
     async_to_sync(scenario)()
+
+
+# -- revoked keys ----------------------------------------------------------------------------------
+
+KEY_ROLES = {API_KEY, SESSION_OR_KEY, OWNER_OR_KEY, OWNER_OR_KEY_STAFF, OWNER_OR_TOKEN}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_revoked_key_is_401_on_every_route_that_takes_a_key(settings, tmp_path: Path, django_user_model) -> None:
+    from marketplace.gateway import keys
+    from marketplace.models import Deposit
+
+    settings.DATA_DIR = tmp_path
+    cache.clear()
+    owner = django_user_model.objects.create_user("erin")
+    deposit = Deposit.objects.create(
+        owner=owner, payer="ait1payer", escrow_id="d" * 64, amount=10**6, timeout_height=10**6, state=Deposit.OPEN
+    )
+    created = keys.apikey_create(owner=owner, deposit_id=deposit.pk)
+    with_key = Client(HTTP_AUTHORIZATION=f"Bearer {created.secret}")
+    assert with_key.get(f"/v1/deposits/{deposit.pk}").status_code == 200
+    keys.apikey_revoke(key_id=created.key.pk, owner=owner)
+    checked = 0
+    for route, methods in ACCESS.items():
+        for method, who in methods.items():
+            if who not in KEY_ROLES:
+                continue
+            path = path_for(route).replace(PATH_VALUES["key"], created.secret)
+            path = path.replace(PATH_VALUES["deposit_id"], deposit.pk)
+            if method == "GET":
+                answer = with_key.get(path)
+            else:
+                answer = with_key.post(path, data='{"model": "m", "prompt": "Hi"}', content_type="application/json")
+            assert answer.status_code == 401, (method, path, answer.status_code, answer.content[:200])
+            checked += 1
+    assert checked >= 15
