@@ -36,7 +36,6 @@ PUBLIC = "public"
 LOGIN_PAGE = "public (the login form)"
 SESSION = "session user"
 OWNER = "owner"
-OWNER_OR_KEY = "owner (session or API key)"
 OWNER_OR_TOKEN = "owner (session or API key), staff, job token"
 OWNER_WRITE = "owner (session), staff, job token"
 OWNER_SESSION = "owner (session), staff"
@@ -478,7 +477,7 @@ def test_the_p2p_socket_of_a_process_that_is_no_node_refuses_every_peer(settings
 
 # -- revoked keys ----------------------------------------------------------------------------------
 
-KEY_ROLES = {API_KEY, SESSION_OR_KEY, OWNER_OR_KEY, OWNER_OR_KEY_STAFF, OWNER_OR_TOKEN}
+KEY_ROLES = {API_KEY, SESSION_OR_KEY, OWNER_OR_KEY_STAFF, OWNER_OR_TOKEN}
 
 
 @pytest.mark.django_db(transaction=True)
