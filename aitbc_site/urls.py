@@ -30,5 +30,6 @@ urlpatterns = [
     path("", include("marketplace.urls")),
 ]
 
+handler400 = "aitbc_site.views.bad_request"
 handler404 = "aitbc_site.views.not_found"
 handler500 = "aitbc_site.views.server_error"

@@ -6,6 +6,7 @@ import secrets
 import time
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
@@ -139,6 +140,22 @@ def not_found(request, exception=None):
     if request.path.startswith(_API_PREFIXES):
         return json_error("not_found", f"no such endpoint or object: {request.path}", 404)
     return page_not_found(request, exception)
+
+
+def bad_request(request, exception=None):
+    """400 in the protocol's error shape for API paths (a body over the upload limit, a bad header)."""
+    from django.core.exceptions import RequestDataTooBig
+    from django.views.defaults import bad_request as default_bad_request
+
+    from aitbc_site.errors import json_error
+
+    if request.path.startswith(_API_PREFIXES):
+        if isinstance(exception, RequestDataTooBig):
+            message = f"the request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes"
+        else:
+            message = "the request could not be read"
+        return json_error("malformed", message, 400)
+    return default_bad_request(request, exception)
 
 
 def server_error(request):

@@ -424,7 +424,10 @@ class JobCancelView(JobView):
         tags=[TAG_JOBS],
         parameters=[JOB_TOKEN_PARAMETER],
         request=s.CancelInput,
-        responses={200: s.JobDetailSerializer, **_errors(e404=E404, e409="not_cancellable: it completed or ended")},
+        responses={
+            200: s.JobDetailSerializer,
+            **_errors(e400="malformed: the body", e404=E404, e409="not_cancellable: it completed or ended"),
+        },
     )
     def post(self, request: Request, job_id: str) -> Response:
         """Cancel a job that has not completed; what it locked comes back (a running job's work done is paid)."""
