@@ -82,6 +82,7 @@ INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV")
 FINAL = ("settled", "refunded", "unfunded")
 ACTIVE = ("submitted", "funded", "assigned", "running", "completed", "cancelled", "expired", "failed")
 JOB_STATES = (*ACTIVE, *FINAL)
+UNSERVED = ("submitted", "funded", "assigned", "running")
 # Retried with the same bytes: the transaction may or may not have reached a mempool.
 RETRIABLE = {"unreachable", "timeout", "mempool_full", "rate_limited", "unavailable"}
 # Our own bytes already known to the network: accepted earlier (an answer lost to a timeout
@@ -312,10 +313,11 @@ class Soak:
         self.senders = [Key.generate() for _ in range(self.args.senders)]
         self.job_clients = [Key.generate() for _ in range(JOB_TOKENS)]
         self.depositor = Key.generate()
+        self.fault_client = Key.generate()
         self.sink = [Key.generate().address for _ in range(8)]
         per_sender = 20_000_000
         payees = [(k, per_sender) for k in self.senders] + [(k, 100_000_000) for k in self.job_clients]
-        payees.append((self.depositor, 60_000_000))
+        payees += [(self.depositor, 60_000_000), (self.fault_client, 10_000_000)]
         nonce = self.node_json(self.nodes[0], f"/v1/chain/accounts/{self.faucet.address}")["nonce"]
         txs = [
             build_transaction(
@@ -542,7 +544,8 @@ class Soak:
             time.sleep(max(0.0, next_at - now()))
             next_at += self.args.job_every
             with self.record.lock:
-                active = sum(1 for j in self.record.jobs.values() if j["state"] not in FINAL)
+                # Waiting for a provider, not for a payout batch: those come by the dozen at the end.
+                active = sum(1 for j in self.record.jobs.values() if j["kind"] != "gateway" and j["state"] in UNSERVED)
                 states = {i: j["state"] for i, j in self.record.jobs.items()}
             if active >= MAX_JOBS_IN_FLIGHT:
                 self.record.job_refusals["held back (jobs in flight)"] += 1
@@ -726,9 +729,18 @@ class Soak:
         self.record.faults.append(fault)
 
     def fault_provider(self) -> None:
+        """Kill the provider running a long job (and whatever else it holds); restart it later."""
+        job_id, token = self.submit_long_job()
+        running = {}
+
+        def started() -> bool:
+            detail = self.get(f"{self.url}/v1/jobs/{job_id}", headers={"X-AITBC-Job-Token": token}).json()
+            running.update(detail)
+            return detail["state"] == "running" or detail["state"] in FINAL
+
+        wait_until(started, 120, 0.1, "the long job running")
         active = self.admin.get(f"{self.url}/v1/jobs", params={"limit": 500}, timeout=15).json()
-        holding = Counter(j["provider"] for j in active if j["state"] in ("assigned", "running") and j["provider"])
-        victim = max(self.providers, key=lambda p: (holding.get(p.address, 0), p.name == "provider0"))
+        victim = next((p for p in self.providers if p.address == running.get("provider")), self.providers[0])
         held = [j["id"] for j in active if j["provider"] == victim.address and j["state"] in ("assigned", "running")]
         fault: dict[str, Any] = {"fault": f"SIGKILL provider {victim.name} holding {len(held)} job(s) in flight"}
         with self.record.lock:
@@ -762,6 +774,44 @@ class Soak:
             }
         )
         self.record.faults.append(fault)
+
+    def submit_long_job(self) -> tuple[str, str]:
+        """An escrow-paid job long enough (counting, hundreds of tokens) to be running when its provider dies."""
+        status = self.any_node("/status")
+        nonce = self.any_node(f"/v1/chain/accounts/{self.fault_client.address}")["nonce"]
+        lock = build_transaction(
+            self.fault_client,
+            chain_id=self.chain_id,
+            type="escrow_lock",
+            nonce=nonce,
+            fee=FEE,
+            payload={
+                "job_id": f"soak-long-{nonce}",
+                "amount": 1_000_000,
+                "arbiter": self.coordinator["address"],
+                "timeout_height": status["height"] + self.coordinator["min_escrow_blocks"] + 30,
+            },
+        )
+        body = {
+            "model": MODEL,
+            "prompt": "Count from 1 to 1000, one number per line:",
+            "max_tokens": 300,
+            "max_price": 1_000_000,
+            "payment": {"escrow_tx": lock},
+        }
+        answer = self.session().post(f"{self.url}/v1/jobs", json=body, timeout=60)
+        if answer.status_code != 202:
+            raise RuntimeError(f"the long job was refused: {answer.status_code} {answer.text[:300]}")
+        job = answer.json()
+        with self.record.lock:
+            self.record.jobs[job["id"]] = {
+                "kind": "escrow",
+                "token": job["token"],
+                "submitted": now(),
+                "state": job["state"],
+                "done": None,
+            }
+        return job["id"], job["token"]
 
     def registration(self, provider: Part) -> dict | None:
         return next((p for p in self.get(f"{self.url}/v1/providers").json() if p["address"] == provider.address), None)
@@ -882,9 +932,6 @@ class Soak:
         figures.update(supply_figures)
         problems += self.check_jobs()
         problems += self.check_deposits()
-        log_problems, allowed = self.check_logs()
-        problems += log_problems
-        figures["allowed log lines"] = allowed
         figures["height"] = top
         return problems, figures
 
@@ -1225,10 +1272,10 @@ def report(soak: Soak, timing: dict, problems: list[str], figures: dict) -> None
         for name, value in fault.items():
             if name != "fault":
                 print(f"                   {name}: {value}")
-    if figures.get("allowed log lines"):
-        print("  log lines allowed (caused by the injected faults):")
-        for name, count in figures["allowed log lines"].items():
-            print(f"                 {count:4d} x {name}")
+    allowed = figures.get("allowed log lines") or {}
+    print(f"  log lines allowed as caused by the injected faults: {'' if allowed else 'none'}")
+    for name, count in allowed.items():
+        print(f"                 {count:4d} x {name}")
     print()
     if problems:
         print(f"FAILED: {len(problems)} problem(s)")
@@ -1274,10 +1321,8 @@ def main() -> int:
         timing = soak.run()
         print("checking ...", flush=True)
         problems, figures = soak.check()
-        report(soak, timing, problems, figures)
-    except Exception as exc:
-        problems.append(f"{type(exc).__name__}: {exc}")
-        print(f"FAILED: {type(exc).__name__}: {exc}", flush=True)
+    except BaseException:
+        print(f"logs and databases kept in {workdir}", flush=True)
         raise
     finally:
         if soak is not None:
@@ -1285,10 +1330,14 @@ def main() -> int:
             for part in soak.nodes + soak.providers:
                 part.stop()
         stop_devnet(devnet)
-        if problems or args.keep:
-            print(f"logs and databases kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    # The logs are read once every process has stopped: shutting down must be clean too.
+    log_problems, figures["allowed log lines"] = soak.check_logs()
+    problems += log_problems
+    report(soak, timing, problems, figures)
+    if problems or args.keep:
+        print(f"logs and databases kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 1 if problems else 0
 
 
