@@ -28,6 +28,8 @@ ERROR_SCHEMAS = {
     },
 }
 NODE_UNAVAILABLE = "unavailable: this node has no chain loaded, or its database cannot answer"
+API_KEY_REFUSED = "not_authenticated: the API key is unknown or revoked"
+API_KEY_READS_ONLY = "forbidden: an API key only reads; log in to change anything"
 NOT_LOGGED_IN = "not_authenticated: log in first (session cookie; unsafe methods need the CSRF token)"
 
 
@@ -114,8 +116,12 @@ def postprocess(result: dict[str, Any], generator, request, public) -> dict[str,
     for path, operations in EXTRA_PATHS.items():
         paths.setdefault(path, operations)
     for operations in paths.values():
-        for operation in operations.values():
+        for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
+            if any("apiKey" in requirement for requirement in operation.get("security") or []):
+                responses.setdefault("401", _error(API_KEY_REFUSED))
+                if method != "get":
+                    responses.setdefault("403", _error(API_KEY_READS_ONLY))
             tags = operation.get("tags") or []
             if any(tag.startswith("chain") for tag in tags):
                 responses.setdefault("503", _error(NODE_UNAVAILABLE))

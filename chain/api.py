@@ -95,7 +95,12 @@ class BatchView(NodeView):
         summary="Submit up to 5,000 signed transactions",
         description="Answers 200 with a list, in order, of `{id}` or `{error: {code, message}}`.",
         request=OpenApiTypes.OBJECT,
-        responses={200: OpenApiTypes.OBJECT, 400: ERRORS[400], 429: ERRORS[429], 503: ERRORS[503]},
+        responses={
+            200: OpenApiResponse({"type": "array", "items": {"type": "object"}}, description="one result per tx"),
+            400: ERRORS[400],
+            429: ERRORS[429],
+            503: ERRORS[503],
+        },
         tags=["chain"],
     )
     def post(self, request: Request) -> Response:

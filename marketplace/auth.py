@@ -69,6 +69,16 @@ class PublicRateThrottle(RateThrottle):
         return parse_rate(conf.PUBLIC_RATE, setting="AITBC_MARKET_PUBLIC_RATE")
 
 
+class ApiKeyScheme(OpenApiAuthenticationExtension):
+    """How the OpenAPI schema shows the gateway's API keys on the REST API."""
+
+    target_class = ApiKeyAuthentication
+    name = "apiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "a gateway API key (aitbc_...): reads only"}
+
+
 class ProviderTokenScheme(OpenApiAuthenticationExtension):
     """How the OpenAPI schema shows the provider token."""
 

@@ -42,6 +42,7 @@ from werkzeug.test import Client as WerkzeugClient
 
 from marketplace import conf as market_conf
 from marketplace.gateway import keys
+from marketplace.gateway.models import ApiKey
 from marketplace.tests import conftest as market_fixtures
 
 pytestmark = [pytest.mark.django_db, pytest.mark.timeout(600)]
@@ -88,6 +89,12 @@ def keeping_the_test_transaction() -> Iterator[None]:
 class Caller:
     headers: dict[str, str]
     cookies: dict[str, str] = field(default_factory=dict)
+    key_id: int | None = None
+
+    def prepare(self) -> None:
+        # The fuzzed user may revoke their own key (POST /v1/keys/{id}/revoke): keep it usable.
+        if self.key_id is not None:
+            ApiKey.objects.filter(pk=self.key_id).update(revoked_at=None)
 
 
 ANONYMOUS = Caller({})
@@ -113,7 +120,7 @@ def callers(market, settings, monkeypatch: pytest.MonkeyPatch) -> dict[str, Call
     opened = owner.post("/v1/deposits", data={"escrow_tx": lock}, content_type="application/json")
     assert opened.status_code == 202, opened.content
     market.pump()
-    secret = keys.apikey_create(owner=user, deposit_id=opened.json()["id"], name="fuzz").secret
+    created = keys.apikey_create(owner=user, deposit_id=opened.json()["id"], name="fuzz")
     provider = market.provider("fuzz-provider")
     submitted = market.submit(http=owner)
     assert submitted.status_code == 202, submitted.content
@@ -131,7 +138,7 @@ def callers(market, settings, monkeypatch: pytest.MonkeyPatch) -> dict[str, Call
     return {
         "user": session(user),
         "staff": session(staff),
-        "api key": Caller({"Authorization": f"Bearer {secret}"}),
+        "api key": Caller({"Authorization": f"Bearer {created.secret}"}, key_id=created.key.pk),
         "provider": Caller({"Authorization": f"Bearer {provider.token}"}),
     }
 
@@ -142,8 +149,8 @@ def _callers_for(operation, callers: dict[str, Caller]) -> list[tuple[str, Calle
     chosen = [("anonymous", ANONYMOUS)]
     if "cookieAuth" in schemes:
         chosen += [("user", callers["user"]), ("staff", callers["staff"])]
-        if operation.method.upper() == "GET":
-            chosen.append(("api key", callers["api key"]))
+    if "apiKey" in schemes:
+        chosen.append(("api key", callers["api key"]))
     if "providerToken" in schemes:
         chosen.append(("provider", callers["provider"]))
     return chosen
@@ -165,6 +172,7 @@ def _fuzzer(operation, mode: GenerationMode, callers_here: list[tuple[str, Calle
     def fuzz(case) -> None:
         for name, caller in callers_here:
             try:
+                caller.prepare()
                 with keeping_the_test_transaction():
                     case.call_and_validate(headers=caller.headers, cookies=caller.cookies, checks=CHECKS)
             except (Exception, BaseExceptionGroup) as exc:
