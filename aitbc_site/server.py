@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 from django.conf import settings
 
@@ -23,6 +26,90 @@ def access_logger(protocol: str, action: str, details: dict) -> None:
         )
     elif protocol == "websocket" and action in ("connected", "disconnected", "rejected"):
         logger.info("%s ws %s %s", details.get("client"), action, redact_path(details.get("path", "")))
+
+
+# What a websocket client may have sent that its consumer has not read yet (see WebsocketInbox).
+WEBSOCKET_INBOX_FRAMES = 2000
+WEBSOCKET_INBOX_BYTES = 64 * 1024 * 1024
+CLOSE_POLICY_VIOLATION = 1008
+
+
+def _frame_size(message: dict[str, Any]) -> int:
+    return len(message.get("text") or message.get("bytes") or "")
+
+
+class WebsocketInbox(asyncio.Queue):
+    """The frames of one websocket connection waiting for its consumer, within a bound.
+
+    Daphne reads every frame off the socket as it arrives and queues it for the
+    application without limit: a client sending faster than its consumer reads (a
+    flooding peer) would grow this process by everything it sent, out of reach of any
+    rate limit the consumer applies. Past ``max_frames`` frames or ``max_bytes``
+    unread, the connection is closed (1008) and every further frame it sends is dropped;
+    the disconnect still reaches the consumer.
+    """
+
+    def __init__(self, protocol, *, path: str, max_frames: int, max_bytes: int) -> None:
+        super().__init__()
+        self.protocol, self.path = protocol, path
+        self.max_frames, self.max_bytes = max_frames, max_bytes
+        self.queued_bytes = 0
+        self.overflowed = False
+
+    def _put(self, item: dict[str, Any]) -> None:
+        self.queued_bytes += _frame_size(item)
+        super()._put(item)
+
+    def _get(self) -> dict[str, Any]:
+        item = super()._get()
+        self.queued_bytes -= _frame_size(item)
+        return item
+
+    def put_nowait(self, item: dict[str, Any]) -> None:
+        if item.get("type") == "websocket.receive":
+            if self.overflowed:
+                return
+            if self.qsize() >= self.max_frames or self.queued_bytes + _frame_size(item) > self.max_bytes:
+                self.overflowed = True
+                logger.warning(
+                    "%s ws %s: %d frames (%d bytes) sent and not yet read; closing the connection",
+                    getattr(self.protocol, "client_addr", None),
+                    self.path,
+                    self.qsize(),
+                    self.queued_bytes,
+                )
+                self.protocol.serverClose(code=CLOSE_POLICY_VIOLATION)
+                return
+        super().put_nowait(item)
+
+
+def _bounded_server(server_class: type) -> type:
+    """Daphne's ``Server`` with each websocket's unread frames bounded (``WebsocketInbox``)."""
+
+    class BoundedServer(server_class):
+        def create_application(self, protocol, scope):
+            if scope.get("type") != "websocket":
+                return super().create_application(protocol, scope)
+            # Daphne's own create_application with a bounded queue in place of asyncio.Queue().
+            assert "application_instance" not in self.connections[protocol]
+            input_queue = WebsocketInbox(
+                protocol,
+                path=scope.get("path", ""),
+                max_frames=WEBSOCKET_INBOX_FRAMES,
+                max_bytes=WEBSOCKET_INBOX_BYTES,
+            )
+            scope.setdefault("asgi", {"version": "3.0"})
+            application_instance = self.application(
+                scope=scope, receive=input_queue.get, send=partial(self.handle_reply, protocol)
+            )
+            if protocol not in self.connections:
+                return None
+            self.connections[protocol]["application_instance"] = asyncio.ensure_future(
+                application_instance, loop=asyncio.get_event_loop()
+            )
+            return input_queue
+
+    return BoundedServer
 
 
 def run_server(
@@ -66,7 +153,7 @@ def run_server(
             on_ready()
         logger.info("listening on http://%s:%d (%s mode)", host, port, "embedded" if settings.EMBEDDED else "redis")
 
-    server = Server(
+    server = _bounded_server(Server)(
         application=application,
         endpoints=build_endpoint_description_strings(host=host, port=port),
         signal_handlers=True,
