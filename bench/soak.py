@@ -16,10 +16,11 @@ faucet, then for ``--minutes`` runs together:
     ``/v1/chat/completions``, streamed and not, all on the embedded SmolLM2 with short
     answers.
 
-Faults, at fixed points of the window: one validator is SIGKILLed and, ``--down-s`` later,
+Faults, at fixed points of the window: at 20 % one validator (``--fault-node``, default
+node1; node0 is the one the coordinator talks to) is SIGKILLed and, ``--down-s`` later,
 started again from ``network.json``'s ``argv`` and ``env`` (it resumes from its own data);
-one provider (the one holding the most jobs in flight) is SIGKILLed, its jobs must fail
-over or be refunded, and it is started again the same way.
+at 55 % a long job is submitted and, once it runs, its provider is SIGKILLed with whatever
+else it holds: its jobs must fail over or be refunded; it is started again the same way.
 
 Submission then stops and the network drains (at most ``--drain-s``). Checked, and
 printed; any failure makes the exit status 1:
@@ -37,8 +38,10 @@ printed; any failure makes the exit status 1:
      same; fees are part of the balances, since each is paid to the block's proposer;
   5. each deposit's books equal its escrow on every node (amount and paid), with nothing
      reserved or owed, and its charges equal the sum of its settled jobs' charges;
-  6. no ERROR, CRITICAL or Traceback in any process log, except lines caused by the
-     injected faults (``ALLOWED`` below, each with its reason), and only after a fault.
+  6. no ERROR, CRITICAL or Traceback in any process log, read once everything has
+     stopped (shutdown included), except lines an injected fault explains (``ALLOWED``
+     below, each with its reason), and those only while that fault lasts;
+  7. no answer 500 from the coordinator, and no 502 or 503 outside a fault.
 
 Figures: transfers offered and committed per second, jobs and gateway requests by
 outcome, p50/p95 latencies (transfer submission to first sight in a block, job
@@ -91,6 +94,7 @@ ALREADY_ACCEPTED = {"duplicate", "bad_nonce"}
 JOB_TOKENS = 8
 MAX_JOBS_IN_FLIGHT = 6
 MAX_GATEWAY_IN_FLIGHT = 3
+WINDOW_MARGIN_S = 10  # a fault's consequences may be logged this long after its part has recovered
 
 # Log lines that an injected fault explains, allowed only once that fault has happened.
 # (fault, compiled pattern, why)
@@ -102,6 +106,14 @@ LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 def allow(fault: str, pattern: str, why: str) -> None:
     ALLOWED.append((fault, re.compile(pattern), why))
+
+
+allow(
+    "validator",
+    r"ERROR \d+ django\.request: Service Unavailable: /(v1/jobs|v1/deposits|v1/chat/completions|api/chat|api/generate)",
+    "503 node_unavailable while the killed validator is the coordinator's node (--fault-node 0); "
+    "Django logs every 5xx answer at ERROR",
+)
 
 
 def now() -> float:
@@ -236,7 +248,8 @@ class Record:
     gateway: list[dict] = field(default_factory=list)  # {api, stream, status, ok, error, latency, job, at}
     # faults
     faults: list[dict] = field(default_factory=list)
-    fault_times: dict[str, float] = field(default_factory=dict)  # fault name -> wall clock
+    # fault name -> [from, until] in wall-clock seconds: from the kill until the part has recovered
+    fault_windows: dict[str, list[float]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
@@ -600,7 +613,7 @@ class Soak:
             if answer.status_code != 202:
                 code = _error_code(answer)
                 self.record.job_refusals[f"{kind}: {answer.status_code} {code}"] += 1
-                if answer.status_code >= 500:
+                if unexplained_5xx(answer.status_code, self.in_fault()):
                     self.record.problems.append(f"POST /v1/jobs ({kind}) answered {answer.status_code}: {code}")
                 continue
             job = answer.json()
@@ -688,6 +701,9 @@ class Soak:
         except (requests.RequestException, ValueError, KeyError) as exc:
             entry["error"] = type(exc).__name__
         entry["latency"] = now() - started
+        if unexplained_5xx(entry.get("status", 0), self.in_fault(entry["at"]) or self.in_fault()):
+            with self.record.lock:
+                self.record.problems.append(f"{api} gateway request answered {entry['error']}")
         with self.record.lock:
             self.record.gateway.append(entry)
             if entry.get("job") and entry["job"] not in self.record.jobs:
@@ -705,8 +721,7 @@ class Soak:
         node = self.nodes[index]
         others = [n for i, n in enumerate(self.nodes) if i != index]
         fault: dict[str, Any] = {"fault": f"SIGKILL validator {node.name}, restart after {self.args.down_s:.0f} s"}
-        with self.record.lock:
-            self.record.fault_times["validator"] = time.time()
+        self.open_window("validator")
         killed_height = max(self._height(n) for n in others)
         killed = now()
         node.kill()
@@ -718,6 +733,7 @@ class Soak:
         healthy = now()
         wait_until(lambda: self._height(node) >= max(self._height(n) for n in others) - 1, 300, 0.2, "catch-up")
         caught_up = now()
+        self.close_window("validator")
         fault.update(
             {
                 "blocks finalized by the other 3 while it was down": during,
@@ -743,8 +759,7 @@ class Soak:
         victim = next((p for p in self.providers if p.address == running.get("provider")), self.providers[0])
         held = [j["id"] for j in active if j["provider"] == victim.address and j["state"] in ("assigned", "running")]
         fault: dict[str, Any] = {"fault": f"SIGKILL provider {victim.name} holding {len(held)} job(s) in flight"}
-        with self.record.lock:
-            self.record.fault_times["provider"] = time.time()
+        self.open_window("provider")
         killed = now()
         victim.kill()
 
@@ -766,6 +781,7 @@ class Soak:
 
         wait_until(lambda: self._health(victim), 180, 0.2, f"{victim.name} healthy again")
         wait_until(online, 180, 0.2, f"{victim.name} online again")
+        self.close_window("provider")
         fault.update(
             {
                 "its jobs": ", ".join(held) or "none",
@@ -774,6 +790,19 @@ class Soak:
             }
         )
         self.record.faults.append(fault)
+
+    def open_window(self, fault: str) -> None:
+        with self.record.lock:
+            self.record.fault_windows[fault] = [time.time(), float("inf")]
+
+    def close_window(self, fault: str) -> None:
+        with self.record.lock:
+            self.record.fault_windows[fault][1] = time.time() + WINDOW_MARGIN_S
+
+    def in_fault(self, moment: float | None = None) -> bool:
+        moment = time.time() if moment is None else moment
+        with self.record.lock:
+            return any(start - 1 <= moment <= end for start, end in self.record.fault_windows.values())
 
     def submit_long_job(self) -> tuple[str, str]:
         """An escrow-paid job long enough (counting, hundreds of tokens) to be running when its provider dies."""
@@ -1162,14 +1191,22 @@ class Soak:
 
     def allowed(self, line: str, moment: float) -> str | None:
         for fault, pattern, why in ALLOWED:
-            happened = self.record.fault_times.get(fault)
-            if happened is not None and moment >= happened - 1 and pattern.search(line):
+            start, end = self.record.fault_windows.get(fault, (float("inf"), 0.0))
+            if start - 1 <= moment <= end and pattern.search(line):
                 return why
         return None
 
 
 def _log_time(stamp: str) -> float:
     return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def unexplained_5xx(status: int, during_fault: bool) -> bool:
+    """A 500 is always a bug; a 502 or 503 (provider lost, node unreachable) only outside a fault.
+
+    504 (a job that did not finish in time) is slowness on a shared machine, not a failure.
+    """
+    return status == 500 or (status in (502, 503) and not during_fault)
 
 
 def _tx_answer(answer: requests.Response) -> dict:
