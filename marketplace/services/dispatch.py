@@ -191,7 +191,11 @@ def release_slot(job: Job) -> None:
     """Give the job's offer slot back (the caller holds the job's lock and moves it out of flight)."""
     if job.offer_id is not None:
         Offer.objects.filter(pk=job.offer_id, active__gt=0).update(active=F("active") - 1)
-    kicks.dispatch_pending()
+    # Only when a job waits for a slot: a task per completed job would compete with the answer
+    # it completes, for nothing. A job that starts waiting later (funded, or handed back) kicks
+    # its own dispatch, and beat's dispatch pass catches any kick that was lost.
+    if Job.objects.filter(state=Job.FUNDED).exists():
+        kicks.dispatch_pending()
 
 
 def attempt_failed(*, job_id: str, provider: str, reason: str, counter: str) -> bool:
