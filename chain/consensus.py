@@ -258,6 +258,9 @@ class HeightState:
         self.round_senders: dict[int, dict[str, int]] = {}
         self.decided: Decide | None = None
         self._once: set[tuple] = set()
+        # Signed messages of this height whose signature verified: the host checks a message
+        # before it is believed at all, and relays bring the same message again.
+        self._verified: set[Vote | tuple] = set()
         self.started = False
 
     # -- inputs -------------------------------------------------------------------------------
@@ -277,11 +280,12 @@ class HeightState:
         if proposal.round in self.proposals:
             return out
         pubkey = self.validators.pubkey(proposal.proposer)
-        body = canonical_json(proposal.body(self.chain_id))
-        if pubkey is None or not verify(
-            bytes.fromhex(pubkey), DOMAIN_PROPOSAL + body, bytes.fromhex(proposal.signature)
-        ):
+        if pubkey is None:
             return out
+        if not self.proposal_verified(proposal):
+            body = canonical_json(proposal.body(self.chain_id))
+            if not verify(bytes.fromhex(pubkey), DOMAIN_PROPOSAL + body, bytes.fromhex(proposal.signature)):
+                return out
         self.proposals[proposal.round] = proposal
         self.blocks.setdefault(proposal.block_id, proposal.block)
         self._note_sender(proposal.round, proposal.proposer, out)
@@ -308,15 +312,38 @@ class HeightState:
         tally = self.votes.setdefault((vote.round, vote.step), _RoundVotes())
         previous = tally.votes.get(vote.validator)
         if previous is not None:
-            if previous.block_id != vote.block_id and verify_vote(pubkey, vote.body(self.chain_id), vote.signature):
+            if previous.block_id != vote.block_id and self._vote_valid(vote, pubkey):
                 out.append(Misbehaviour(previous, vote))
             return False
-        if not verify_vote(pubkey, vote.body(self.chain_id), vote.signature):
+        if not self._vote_valid(vote, pubkey):
             return False
         tally.votes[vote.validator] = vote
         tally.power_for[vote.block_id] = tally.power_for.get(vote.block_id, 0) + power
         tally.power_any += power
         return True
+
+    def _vote_valid(self, vote: Vote, pubkey: str) -> bool:
+        return vote in self._verified or verify_vote(pubkey, vote.body(self.chain_id), vote.signature)
+
+    # -- what the host knows of a message before it hands it over --------------------------------
+
+    def has(self, item: Proposal | Vote) -> bool:
+        """Whether exactly this signed proposal or vote is already counted at this height."""
+        if isinstance(item, Vote):
+            tally = self.votes.get((item.round, item.step))
+            return tally is not None and tally.votes.get(item.validator) == item
+        known = self.proposals.get(item.round)
+        return known is not None and _proposal_key(known) == _proposal_key(item)
+
+    def note_verified(self, item: Proposal | Vote) -> None:
+        """The host checked this message's signature against its author's key at this height."""
+        self._verified.add(item if isinstance(item, Vote) else _proposal_key(item))
+
+    def vote_verified(self, vote: Vote) -> bool:
+        return vote in self._verified
+
+    def proposal_verified(self, proposal: Proposal) -> bool:
+        return _proposal_key(proposal) in self._verified
 
     def retransmit(self) -> list[Output]:
         """This validator's own proposal and votes of the current round (and the one before).
@@ -470,6 +497,7 @@ class HeightState:
             return
         vote = Vote(self.height, self.round, step, block_id, self.me, signature)
         out.append(Broadcast(vote.message(self.chain_id)))
+        self._verified.add(vote)  # signed here a moment ago, by the key the set names
         # Counted here without re-evaluating: the caller's evaluation loop picks it up.
         self._record(vote, self.validators.pubkey(self.me) or "", self.validators.power(self.me), out)
 
@@ -494,6 +522,18 @@ class HeightState:
             return False
         self._once.add(key)
         return True
+
+
+def _proposal_key(proposal: Proposal) -> tuple:
+    return (
+        "proposal",
+        proposal.height,
+        proposal.round,
+        proposal.pol_round,
+        proposal.block_id,
+        proposal.proposer,
+        proposal.signature,
+    )
 
 
 def verify_proposal_signature(pubkey_hex: str, body: dict[str, Any], signature_hex: str) -> bool:

@@ -93,6 +93,10 @@ PENALTY = {
 SYNC_BATCH = 200
 STEP_ORDER = {"proposal": 0, "prevote": 1, "precommit": 2}
 DOMAIN_PROPOSAL = domain_tag("proposal")
+# A decided block's message starts with its height, so a node that has it already drops the
+# copies its other peers send without parsing megabytes (see ``ConsensusDriver._stale_block``).
+BLOCK_PREFIX = '{"type": "block", "height": '
+TX_ADMIT_BATCH = 5000  # gossiped transactions admitted in one database transaction
 
 
 # -- the validator's guarded key ---------------------------------------------------------------
@@ -363,10 +367,23 @@ class Gossip:
         return until is not None and until > time.time()
 
     def broadcast(self, text: str, *, exclude: Peer | None = None) -> None:
+        """Send ``text`` once to every node connected, none of it to ``exclude``'s node.
+
+        Two nodes that list each other are connected twice (each dials the other); the
+        frame goes over one of them, the connection this node dialed, as every copy costs
+        both ends a websocket frame and a digest. A node's name in its hello proves
+        nothing, so without a dialed connection to it every inbound one claiming it gets
+        the frame: an impostor cannot cut a node off by claiming its name first.
+        """
         with self.lock:
             peers = list(self.peers.values())
+        skip = exclude.node_id if exclude is not None and exclude.node_id else None
+        dialed = {p.node_id for p in peers if p.direction == "out" and p.node_id}
         for peer in peers:
-            if peer is exclude or (peer.node_id and peer.node_id in self.blocked_nodes):
+            node = peer.node_id
+            if peer is exclude or (node and (node == skip or node in self.blocked_nodes)):
+                continue
+            if node and peer.direction == "in" and node in dialed:
                 continue
             try:
                 peer.send(text)
@@ -412,9 +429,10 @@ class ConsensusDriver:
         self.timers: list = []
         self.counter = itertools.count()
         self.seen: OrderedDict[str, None] = OrderedDict()
+        self.seen_lock = threading.Lock()  # RPC threads mark the frames they send as seen
         self.gossip = Gossip(self, peers)
         self.height_state: HeightState | None = None
-        self.future: list[tuple[Peer | None, dict]] = []
+        self.future: list[tuple[Peer | None, dict, str | None]] = []
         self.thread = threading.Thread(target=self._run, name="consensus", daemon=True)
         # Gossiped transactions are admitted on their own thread, as RPC submissions are on theirs:
         # thousands of signatures queued ahead of a proposal would otherwise outlast its timeout.
@@ -478,7 +496,22 @@ class ConsensusDriver:
     def broadcast_txs(self, txs: list[dict]) -> None:
         """Gossip transactions this node admitted (called after the admission committed)."""
         if txs:
-            self.gossip.broadcast(json.dumps({"type": "txs", "txs": txs}, ensure_ascii=False))
+            self._send_txs(json.dumps({"type": "txs", "txs": txs}, ensure_ascii=False))
+
+    def _send_txs(self, text: str, *, exclude: Peer | None = None) -> None:
+        # Peers relay a batch as it came, so its text comes back here: known, it costs a digest.
+        self._mark_seen(hashlib.sha256(text.encode("utf-8", "replace")).hexdigest())
+        self.gossip.broadcast(text, exclude=exclude)
+
+    def _mark_seen(self, digest: str) -> bool:
+        """Remember a frame's digest; False when it was already known."""
+        with self.seen_lock:
+            if digest in self.seen:
+                return False
+            self.seen[digest] = None
+            if len(self.seen) > SEEN_CAPACITY:
+                self.seen.popitem(last=False)
+            return True
 
     def peers_info(self) -> list[dict]:
         with self.gossip.lock:
@@ -532,11 +565,26 @@ class ConsensusDriver:
             item = self.tx_inbox.get()
             if item is None:
                 break
+            # What queued up meanwhile is admitted together: one database transaction and one
+            # set of queries for many messages, whose fixed cost would otherwise dominate.
+            items, count, stop = [item], _txs_len(item), False
+            while count < TX_ADMIT_BATCH:
+                try:
+                    more = self.tx_inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                items.append(more)
+                count += _txs_len(more)
             try:
-                self._on_txs(*item)
+                self._admit_gossiped(items)
             except Exception:  # a bad batch must not stop admission
                 logger.exception("admitting gossiped transactions failed")
                 close_old_connections()
+            if stop:
+                break
 
     def _schedule(self, delay_ms: int, event: tuple) -> None:
         heapq.heappush(self.timers, (time.monotonic() + delay_ms / 1000, next(self.counter), event))
@@ -611,11 +659,11 @@ class ConsensusDriver:
         if state is None:
             return
         keep = []
-        for peer, message in self.future:
+        for peer, message, text in self.future:
             if message.get("height_hint", 0) > state.height:
-                keep.append((peer, message))
+                keep.append((peer, message, text))
             else:
-                self._consensus_message(peer, message)
+                self._consensus_message(peer, message, text)
         self.future = keep[-5000:]
 
     def _do(self, outputs: list) -> None:
@@ -652,7 +700,10 @@ class ConsensusDriver:
 
         block = block_commit(body=decision.block, commit=decision.commit, checked=True)
         self.decided_at = time.time()
-        message = json.dumps({"type": "block", "block": decision.block, "commit": decision.commit}, ensure_ascii=False)
+        message = json.dumps(
+            {"type": "block", "height": block.height, "block": decision.block, "commit": decision.commit},
+            ensure_ascii=False,
+        )
         self.last_commit_messages = [message]
         self.gossip.broadcast(message)
         logger.info(
@@ -677,15 +728,20 @@ class ConsensusDriver:
             )
             self.gossip.broadcast(json.dumps({"type": "evidence", "evidence": evidence}))
 
+    def _stale_block(self, text: str) -> bool:
+        """Whether a block message names a height this node has (its other peers' copies)."""
+        end = text.find(",", len(BLOCK_PREFIX), len(BLOCK_PREFIX) + 20)
+        digits = text[len(BLOCK_PREFIX) : end]
+        return end > 0 and digits.isascii() and digits.isdigit() and int(digits) <= self.height
+
     # messages
     def _on_text(self, peer: Peer, text: str) -> None:
         peer.handled += 1
-        digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
-        if digest in self.seen:
+        if text.startswith(BLOCK_PREFIX) and self._stale_block(text):
             return
-        self.seen[digest] = None
-        if len(self.seen) > SEEN_CAPACITY:
-            self.seen.popitem(last=False)
+        digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
+        if not self._mark_seen(digest):
+            return
         try:
             # The C decoder, not the strict one: every object inside is checked field by field
             # (types, integer ranges, encodability) before anything uses it, and transactions
@@ -702,7 +758,8 @@ class ConsensusDriver:
         if kind in ("hello", "status"):
             # These describe one connection, not gossip: a node's hello on its second connection
             # (or its status to two peers) is the same text, and must still name that peer.
-            self.seen.pop(digest, None)
+            with self.seen_lock:
+                self.seen.pop(digest, None)
         if kind == "hello":
             self._on_hello(peer, message)
         elif kind == "status":
@@ -711,11 +768,11 @@ class ConsensusDriver:
                 self._maybe_sync(peer)
         elif kind == "txs":
             try:
-                self.tx_inbox.put_nowait((peer, message))
+                self.tx_inbox.put_nowait((peer, message, text))
             except queue.Full:
                 self.gossip.counters["dropped_txs"] += 1
         elif kind in ("proposal", "vote"):
-            self._consensus_message(peer, message)
+            self._consensus_message(peer, message, text)
         elif kind == "block":
             self._on_block(peer, message)
         elif kind == "evidence":
@@ -747,29 +804,49 @@ class ConsensusDriver:
             peer.send(self.hello_text())
         self._maybe_sync(peer)
 
-    def _on_txs(self, peer: Peer, message: dict) -> None:
+    def _on_txs(self, peer: Peer, message: dict, text: str | None = None) -> None:
+        self._admit_gossiped([(peer, message, text)])
+
+    def _admit_gossiped(self, items: list[tuple[Peer, dict, str | None]]) -> None:
+        """Admit the transactions of several ``txs`` messages at once; relay each message's fresh ones."""
         from chain.models import ChainState
         from chain.services import mempool_admit
 
-        txs = message.get("txs")
-        if not isinstance(txs, list) or len(txs) > 5000:
-            self.gossip.penalize(peer, PENALTY["bad_txs"], "bad txs message")
+        batches: list[tuple[Peer, list, str | None]] = []
+        for peer, message, text in items:
+            txs = message.get("txs")
+            if not isinstance(txs, list) or len(txs) > 5000:
+                self.gossip.penalize(peer, PENALTY["bad_txs"], "bad txs message")
+                continue
+            batches.append((peer, txs, text))
+        if not batches:
             return
         state = ChainState.objects.get(singleton=1)
-        results = mempool_admit(txs=txs, chain_id=state.chain_id, min_fee=state.params["min_fee"])
-        fresh = [tx for tx, r in zip(txs, results, strict=True) if r.error is None]
-        # Codes no honest node's admitted transaction can earn here (state-dependent ones can: races).
-        bad = sum(
-            1
-            for r in results
-            if r.error is not None and r.error.code in ("malformed", "invalid_address", "bad_signature", "wrong_chain")
-        )
-        if bad:
-            self.gossip.penalize(peer, min(50, 5 * bad), f"{bad} invalid transactions")
-        if fresh:
-            self.gossip.broadcast(json.dumps({"type": "txs", "txs": fresh}, ensure_ascii=False), exclude=peer)
+        every = [tx for _peer, txs, _text in batches for tx in txs]
+        results = mempool_admit(txs=every, chain_id=state.chain_id, min_fee=state.params["min_fee"])
+        start = 0
+        for peer, txs, text in batches:
+            mine = results[start : start + len(txs)]
+            start += len(txs)
+            fresh = [tx for tx, r in zip(txs, mine, strict=True) if r.error is None]
+            # Codes no honest node's admitted transaction can earn here (state-dependent ones can: races).
+            bad = sum(
+                1
+                for r in mine
+                if r.error is not None
+                and r.error.code in ("malformed", "invalid_address", "bad_signature", "wrong_chain")
+            )
+            if bad:
+                self.gossip.penalize(peer, min(50, 5 * bad), f"{bad} invalid transactions")
+            if not fresh:
+                continue
+            # All of a message fresh (the usual case): relayed as it came, so the nodes that got it
+            # already drop the copy by its digest instead of parsing and checking it again.
+            if len(fresh) < len(txs) or text is None:
+                text = json.dumps({"type": "txs", "txs": fresh}, ensure_ascii=False)
+            self._send_txs(text, exclude=peer)
 
-    def _consensus_message(self, peer: Peer | None, message: dict) -> None:
+    def _consensus_message(self, peer: Peer | None, message: dict, text: str | None = None) -> None:
         state = self.height_state
         try:
             if message["type"] == "proposal":
@@ -782,12 +859,14 @@ class ConsensusDriver:
             return
         if state is None or item.height < state.height:
             return  # a height already decided: a late or replayed message, harmless
+        if state.started and item.height == state.height and state.has(item):
+            return  # the same signed message again (a relay): counted, verified and relayed already
         if peer is not None and not self._authentic(peer, item, state):
             return
         if item.height > state.height or not state.started:
             if item.height <= state.height + 1:
                 if len(self.future) < FUTURE_MAX:
-                    self.future.append((peer, dict(message, height_hint=item.height)))
+                    self.future.append((peer, dict(message, height_hint=item.height), text))
                 else:
                     self.gossip.counters["dropped_future"] += 1
             if peer is not None and item.height > state.height:
@@ -802,10 +881,14 @@ class ConsensusDriver:
             tally = state.votes.get((item.round, item.step))
             accepted = tally is not None and tally.votes.get(item.validator) is item
         if accepted:
-            # Relay what we accepted, re-encoded canonically, so a partially connected network still
-            # hears it and variants of one message's text do not each travel the whole network.
-            relay = {k: v for k, v in message.items() if k != "height_hint"}
-            self.gossip.broadcast(canonical_json(relay).decode("utf-8"), exclude=peer)
+            # Relay what we accepted, so a partially connected network still hears it. Only the
+            # first accepted text of a proposal or vote travels on (variants of its text are
+            # duplicates here and stop), and as it came: the nodes that had it from its author
+            # drop the relayed copy by its digest, unparsed.
+            if text is None:
+                relay = {k: v for k, v in message.items() if k != "height_hint"}
+                text = canonical_json(relay).decode("utf-8")
+            self.gossip.broadcast(text, exclude=peer)
         self._do(outputs)
 
     def _authentic(self, peer: Peer, item: Proposal | Vote, state: HeightState) -> bool:
@@ -828,9 +911,13 @@ class ConsensusDriver:
                 why = f"proposal from a non-proposer of round {item.round}"
                 self.gossip.penalize(peer, PENALTY["not_proposer"], why)
                 return False
-            valid = verify_proposal_signature(pubkey, item.body(self.chain_id), item.signature)
+            valid = state.proposal_verified(item) or verify_proposal_signature(
+                pubkey, item.body(self.chain_id), item.signature
+            )
         else:
-            valid = verify_vote(pubkey, item.body(self.chain_id), item.signature)
+            valid = state.vote_verified(item) or verify_vote(pubkey, item.body(self.chain_id), item.signature)
+        if valid and item.height == state.height:
+            state.note_verified(item)
         if not valid:
             kind = "proposal" if isinstance(item, Proposal) else item.step
             self.gossip.penalize(peer, PENALTY["bad_signature"], f"{kind} with an invalid signature")
@@ -863,7 +950,8 @@ class ConsensusDriver:
             return
         self.decided_at = time.time()
         logger.info("height %d final from a peer's block: %d transactions", height, len(block.get("txs") or []))
-        self.gossip.broadcast(json.dumps(message, ensure_ascii=False), exclude=peer)
+        relay = {"type": "block", "height": height, "block": block, "commit": commit}
+        self.gossip.broadcast(json.dumps(relay, ensure_ascii=False), exclude=peer)
         self._new_height()
 
     # ticks and sync
@@ -971,6 +1059,11 @@ class SyncProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _txs_len(item: tuple) -> int:
+    txs = item[1].get("txs") if isinstance(item[1], dict) else None
+    return len(txs) if isinstance(txs, list) else 1
 
 
 def rpc_base(p2p_url: str) -> str:

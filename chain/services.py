@@ -801,11 +801,58 @@ def block_check(body: Any) -> str:
     candidates = [Candidate(c.id, c.sender, c.nonce, c.fee, c.type, c.payload, c.tx) for c in checked]
     view = _load_view(candidates, header["proposer"])
     view.validators = validators
+    results: dict[str, str] = {}
+    rejected: list[tuple[str, str, str]] = []
     for c in candidates:
         outcome = _apply(view, c, height=height, proposer=header["proposer"], params=state.params)
         if not outcome.included:
             raise BlockInvalid(f"block transaction {c.id} cannot be applied: {outcome.code}")
-    return proto_block.block_id(header)
+        if outcome.code:
+            results[c.id] = outcome.code
+            rejected.append((outcome.code, outcome.message[:300], c.id))
+    bid = proto_block.block_id(header)
+    _checked_blocks.put(bid, _CheckedBlock(state.latest_block_id, checked, view, results, rejected))
+    return bid
+
+
+@dataclass
+class _CheckedBlock:
+    """What ``block_check`` worked out for a block, which applying it on the same state needs again."""
+
+    prev_id: str
+    txs: list[CheckedTx]
+    view: LedgerView  # the block applied to the state it was checked against
+    results: dict[str, str]
+    rejected: list[tuple[str, str, str]]
+
+
+class _CheckedBlocks:
+    """The last few checked blocks by id (a height sees one proposal a round)."""
+
+    def __init__(self, capacity: int = 4) -> None:
+        self.capacity = capacity
+        self.items: dict[str, _CheckedBlock] = {}
+        self.lock = threading.Lock()
+
+    def put(self, bid: str, entry: _CheckedBlock) -> None:
+        with self.lock:
+            self.items.pop(bid, None)
+            self.items[bid] = entry
+            while len(self.items) > self.capacity:
+                self.items.pop(next(iter(self.items)))
+
+    def take(self, bid: str, prev_id: str) -> _CheckedBlock | None:
+        """The entry of block ``bid`` if it was checked on top of ``prev_id``, this node's head now.
+
+        Accounts and escrows change only when a block is applied, which moves the head, so
+        an entry checked on the current head still describes the state exactly.
+        """
+        with self.lock:
+            entry = self.items.pop(bid, None)
+        return entry if entry is not None and entry.prev_id == prev_id else None
+
+
+_checked_blocks = _CheckedBlocks()
 
 
 def block_commit(*, body: dict[str, Any], commit: dict[str, Any], checked: bool = False) -> Block:
@@ -840,8 +887,14 @@ def block_commit(*, body: dict[str, Any], commit: dict[str, Any], checked: bool 
         if not checked:
             block_check(body)
         height = header["height"]
-        txs = body["txs"]
-        checked = [check_transaction(tx, chain_id=state.chain_id, min_fee=0, verify_signature=False) for tx in txs]
+        # The checked form, ledger view and outcomes block_check computed, when it ran on this head.
+        cached = _checked_blocks.take(bid, state.latest_block_id)
+        if cached is not None:
+            checked = cached.txs
+        else:
+            checked = [
+                check_transaction(tx, chain_id=state.chain_id, min_fee=0, verify_signature=False) for tx in body["txs"]
+            ]
         ids = [c.id for c in checked]
         present: dict[str, tuple[str, int | None]] = {}
         for chunk in _chunks(ids):
@@ -851,13 +904,22 @@ def block_commit(*, body: dict[str, Any], commit: dict[str, Any], checked: bool 
             )
         # A pending transaction of this node with the sender and nonce of one in the block lost the race.
         pairs = {(c.sender, c.nonce) for c in checked}
-        losers = [
-            tx_id
-            for tx_id, sender, nonce in Transaction.objects.filter(
-                status=Transaction.PENDING, sender__in=list({p[0] for p in pairs})
-            ).values_list("id", "sender", "nonce")
-            if (sender, nonce) in pairs and tx_id not in set(ids)
-        ]
+        id_set = set(ids)
+        nonces = list({n for _s, n in pairs})
+        losers = []
+        for chunk in _chunks(
+            list({p[0] for p in pairs}), _CHUNK - len(nonces) if len(nonces) < _CHUNK // 2 else _CHUNK
+        ):
+            # Narrowed by nonce too when there are few distinct nonces (the usual block): a sender's
+            # whole pending queue would otherwise be read for each block.
+            rows = Transaction.objects.filter(status=Transaction.PENDING, sender__in=chunk)
+            if len(nonces) < _CHUNK // 2:
+                rows = rows.filter(nonce__in=nonces)
+            losers += [
+                tx_id
+                for tx_id, sender, nonce in rows.values_list("id", "sender", "nonce")
+                if (sender, nonce) in pairs and tx_id not in id_set
+            ]
         if losers:
             Transaction.objects.filter(id__in=losers).update(
                 status=Transaction.REJECTED,
@@ -877,18 +939,21 @@ def block_commit(*, body: dict[str, Any], commit: dict[str, Any], checked: bool 
                 ]
             )
             ChainState.objects.filter(singleton=1).update(mempool_seq=seq + len(missing) - 1)
-        candidates = [Candidate(c.id, c.sender, c.nonce, c.fee, c.type, c.payload, c.tx) for c in checked]
-        view = _load_view(candidates, header["proposer"])
-        view.validators = validator_set_at(height)
-        results: dict[str, str] = {}
-        rejected: list[tuple[str, str, str]] = []
-        for c in candidates:
-            outcome = _apply(view, c, height=height, proposer=header["proposer"], params=state.params)
-            if not outcome.included:
-                raise BlockInvalid(f"transaction {c.id} cannot be applied")
-            if outcome.code:
-                results[c.id] = outcome.code
-                rejected.append((outcome.code, outcome.message[:300], c.id))
+        if cached is not None:
+            view, results, rejected = cached.view, cached.results, cached.rejected
+        else:
+            candidates = [Candidate(c.id, c.sender, c.nonce, c.fee, c.type, c.payload, c.tx) for c in checked]
+            view = _load_view(candidates, header["proposer"])
+            view.validators = validator_set_at(height)
+            results = {}
+            rejected = []
+            for c in candidates:
+                outcome = _apply(view, c, height=height, proposer=header["proposer"], params=state.params)
+                if not outcome.included:
+                    raise BlockInvalid(f"transaction {c.id} cannot be applied")
+                if outcome.code:
+                    results[c.id] = outcome.code
+                    rejected.append((outcome.code, outcome.message[:300], c.id))
         for item in body["evidence"]:
             _jail(item, height)
         return _store_block(state, header, bid, ids, results, commit, rejected, [], [], view, body["evidence"])
