@@ -179,7 +179,8 @@ def _gossip(txs: list) -> None:
     from chain.network import driver
 
     current = driver()
-    if current is not None and txs:
+    # Without peers there is no one to send to, and encoding a batch costs as much as parsing it.
+    if current is not None and txs and current.gossip.peers:
         current.broadcast_txs(txs)
 
 

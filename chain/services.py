@@ -15,6 +15,7 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +44,36 @@ _CHUNK = 900  # stays under every database's bound on query parameters
 def _chunks(items: list, size: int = _CHUNK):
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _in(values: list) -> tuple[str, list]:
+    """An ``IN`` operand and its parameters: one array on PostgreSQL, a placeholder list elsewhere."""
+    if connection.vendor == "postgresql":
+        return "= ANY(%s)", [values]
+    return f"IN ({','.join(['%s'] * len(values))})", values
+
+
+def _select_in(sql: str, values: list, *, after: list | None = None) -> list[tuple]:
+    """Rows of ``sql`` over ``values``, where ``{in}`` in ``sql`` stands for ``IN (values)``.
+
+    Raw SQL because the ORM's ``__in`` lookups prepare every value in Python, which on
+    a batch of thousands costs more than the query itself. ``after``: parameters of
+    placeholders after ``{in}``.
+    """
+    rows: list[tuple] = []
+    if not values:
+        return rows
+    size = 20_000 if connection.vendor == "postgresql" else _CHUNK
+    with connection.cursor() as cursor:
+        for chunk in _chunks(values, size):
+            operand, params = _in(chunk)
+            cursor.execute(sql.format(**{"in": operand}), [*params, *(after or [])])
+            rows.extend(cursor.fetchall())
+    return rows
+
+
+_TX = Transaction._meta.db_table
+_ACCOUNT = Account._meta.db_table
 
 
 class GenesisMismatch(Exception):
@@ -136,13 +167,13 @@ def mempool_admit(*, txs: list[Any], chain_id: str, min_fee: int, verified: bool
     if not verified and structured:
         # Gossip brings back transactions this node already holds: answer those as
         # duplicates without paying for their signatures again.
-        known: set[str] = set()
-        for chunk in _chunks([c.id for _i, c in structured]):
-            known.update(
-                Transaction.objects.filter(id__in=chunk)
-                .exclude(status=Transaction.REJECTED, height__isnull=True)
-                .values_list("id", flat=True)
+        known = {
+            row[0]
+            for row in _select_in(
+                f"SELECT id FROM {_TX} WHERE id {{in}} AND NOT (status = 'rejected' AND height IS NULL)",
+                [c.id for _i, c in structured],
             )
+        }
         if known:
             for index, c in structured:
                 if c.id in known:
@@ -168,6 +199,25 @@ def mempool_admit(*, txs: list[Any], chain_id: str, min_fee: int, verified: bool
     return results  # type: ignore[return-value]
 
 
+_write_lock = threading.Lock()
+
+
+@contextmanager
+def _writing():
+    """Queue this process's ledger writers in Python before they open their transaction.
+
+    The database serializes them anyway (the state row lock, SQLite's write lock), but a
+    writer waiting on SQLite's busy handler sleeps in steps of up to 100 ms after the
+    lock is free; here it wakes at once. A caller already inside a transaction may hold
+    the database's lock, so it does not wait here (that could deadlock).
+    """
+    if connection.in_atomic_block:
+        yield
+        return
+    with _write_lock:
+        yield
+
+
 _verify_pool: ThreadPoolExecutor | None = None
 _PARALLEL_FROM = 256
 
@@ -188,31 +238,47 @@ def verify_signatures(checked: list[CheckedTx]) -> list[bool]:
     return [ok for part in _verify_pool.map(lambda p: [signature_valid(c) for c in p], parts) for ok in part]
 
 
-@transaction.atomic
 def _admit_checked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, AdmitResult]]:
+    with _writing(), transaction.atomic():
+        return _admit_locked(checked)
+
+
+def _admit_locked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, AdmitResult]]:
     state = ChainState.objects.select_for_update().get(singleton=1)
     height = state.height
     params = state.params
     senders = list({c.sender for _i, c in checked})
     ids = [c.id for _i, c in checked]
 
-    accounts: dict[str, tuple[int, int]] = {}
+    accounts: dict[str, tuple[int, int]] = {
+        address: (balance, nonce)
+        for address, balance, nonce in _select_in(
+            f"SELECT address, balance, nonce FROM {_ACCOUNT} WHERE address {{in}}", senders
+        )
+    }
+    # The database sums what is pending per sender; of the pending (sender, nonce) pairs
+    # only those the batch could collide with are read.
     pending_spend: dict[str, int] = defaultdict(int)
+    for sender, spend in _select_in(
+        f"SELECT sender, SUM(spend) FROM {_TX} WHERE status = 'pending' AND sender {{in}} GROUP BY sender",
+        senders,
+    ):
+        pending_spend[sender] = int(spend)
     pending_nonces: set[tuple[str, int]] = set()
-    for chunk in _chunks(senders):
-        for address, balance, nonce in Account.objects.filter(address__in=chunk).values_list(
-            "address", "balance", "nonce"
-        ):
-            accounts[address] = (balance, nonce)
-        for sender, nonce, spend in Transaction.objects.filter(
-            sender__in=chunk, status=Transaction.PENDING
-        ).values_list("sender", "nonce", "spend"):
-            pending_spend[sender] += spend
-            pending_nonces.add((sender, nonce))
-    existing: dict[str, tuple[str, int | None]] = {}
-    for chunk in _chunks(ids):
-        for tx_id, status, tx_height in Transaction.objects.filter(id__in=chunk).values_list("id", "status", "height"):
-            existing[tx_id] = (status, tx_height)
+    batch_nonces = sorted({c.nonce for _i, c in checked})
+    for nonces in _chunks(batch_nonces, 400):
+        operand, nonce_params = _in(nonces)
+        pending_nonces.update(
+            _select_in(
+                f"SELECT sender, nonce FROM {_TX} WHERE status = 'pending' AND sender {{in}} AND nonce {operand}",
+                senders,
+                after=nonce_params,
+            )
+        )
+    existing: dict[str, tuple[str, int | None]] = {
+        tx_id: (status, tx_height)
+        for tx_id, status, tx_height in _select_in(f"SELECT id, status, height FROM {_TX} WHERE id {{in}}", ids)
+    }
     escrow_ids = list({c.payload["escrow"] for _i, c in checked if "escrow" in c.payload})
     escrows: dict[str, EscrowState | None] = {}
     pending_pays: dict[str, int] = defaultdict(int)
@@ -315,16 +381,30 @@ def _admit_checked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, Admi
     return out
 
 
+_PENDING_COLUMNS = "id, seq, sender, nonce, fee, type, spend, escrow, body, status, height, error_code, error_message"
+
+
 def _insert_pending(rows: list[tuple]) -> None:
-    # One prepared statement for the whole batch: the ORM's bulk_create spends
-    # more time building SQL than the database spends inserting.
-    received = connection.ops.adapt_datetimefield_value(timezone.now())
+    # The ORM's bulk_create spends more time building SQL than the database spends
+    # inserting: SQLite gets one prepared statement for the batch, PostgreSQL a COPY
+    # (psycopg's executemany adapts every parameter in Python, row by row).
+    received = timezone.now()
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            with cursor.cursor.copy(
+                f"COPY {Transaction._meta.db_table} ({_PENDING_COLUMNS}, received_at) FROM STDIN"
+            ) as copy:
+                for row in rows:
+                    copy.write_row((*row, "pending", None, "", "", received))
+            return
+        stamp = connection.ops.adapt_datetimefield_value(received)
+        # In (sender, nonce) order the two indexes on those columns take the rows in key
+        # order, each B-tree page once, instead of one random page per row.
+        rows = sorted(rows, key=lambda row: (row[2], row[3]))
         cursor.executemany(
-            f"INSERT INTO {Transaction._meta.db_table} (id, seq, sender, nonce, fee, type, spend, escrow, body, "
-            "status, height, error_code, error_message, received_at) "
+            f"INSERT INTO {Transaction._meta.db_table} ({_PENDING_COLUMNS}, received_at) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', NULL, '', '', %s)",
-            [(*row, received) for row in rows],
+            [(*row, stamp) for row in rows],
         )
 
 
@@ -381,11 +461,11 @@ def _select_candidates(limit: int) -> tuple[list[Candidate], list[str]]:
     if not heads:
         return [], stale
     by_sender: dict[str, dict[int, tuple]] = defaultdict(dict)
-    for chunk in _chunks([sender for sender, _n in heads]):
-        for row in Transaction.objects.filter(status=Transaction.PENDING, sender__in=chunk).values_list(
-            "id", "sender", "nonce", "fee", "type"
-        ):
-            by_sender[row[1]][row[2]] = row
+    for row in _select_in(
+        f"SELECT id, sender, nonce, fee, type FROM {tx_table} WHERE status = 'pending' AND sender {{in}}",
+        [sender for sender, _n in heads],
+    ):
+        by_sender[row[1]][row[2]] = row
     chosen_rows: list[tuple] = []
     for sender, expected in heads:
         txs = by_sender[sender]
@@ -396,9 +476,8 @@ def _select_candidates(limit: int) -> tuple[list[Candidate], list[str]]:
             break
     parsed = _admitted.lookup([row[0] for row in chosen_rows])
     missing = [row[0] for row in chosen_rows if row[0] not in parsed]
-    for chunk in _chunks(missing):
-        for tx_id, body in Transaction.objects.filter(id__in=chunk).values_list("id", "body"):
-            parsed[tx_id] = json.loads(body)
+    for tx_id, body in _select_in(f"SELECT id, body FROM {tx_table} WHERE id {{in}}", missing):
+        parsed[tx_id] = json.loads(body)
     chosen = [Candidate(r[0], r[1], r[2], r[3], r[4], parsed[r[0]]["payload"], parsed[r[0]]) for r in chosen_rows]
     return chosen, stale
 
@@ -464,11 +543,10 @@ def _load_view(candidates: list[Candidate], proposer: str) -> LedgerView:
         if "to" in c.payload:
             addresses.add(c.payload["to"])
     addresses.update(e.payer for e in view.escrows.values() if e is not None)
-    for chunk in _chunks(list(addresses)):
-        for address, balance, nonce in Account.objects.filter(address__in=chunk).values_list(
-            "address", "balance", "nonce"
-        ):
-            view.accounts[address] = [balance, nonce]
+    for address, balance, nonce in _select_in(
+        f"SELECT address, balance, nonce FROM {_ACCOUNT} WHERE address {{in}}", list(addresses)
+    ):
+        view.accounts[address] = [balance, nonce]
     return view
 
 
@@ -525,42 +603,57 @@ def block_produce(*, key: Key, now_ms: int | None = None) -> Block | None:
     concurrently or twice: the state row lock and the block height's primary
     key let only one block per height through.
     """
-    with transaction.atomic():
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    # The block is built before the write lock is taken, so admissions go on meanwhile.
+    # What it reads (pending transactions, accounts, escrows, validators) only a block
+    # changes, so it is stored as built if the head has not moved; otherwise rebuilt.
+    before = chain_state()
+    draft = _draft_block(before, key, now_ms)
+    if draft is None:
+        return None
+    with _writing(), transaction.atomic():
         state = ChainState.objects.select_for_update().get(singleton=1)
-        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        last_ms = int(state.latest_block_time.timestamp() * 1000)
-        if state.height > 0 and now_ms < last_ms + state.params["block_time_ms"]:
-            return None
-        time_ms = max(now_ms, last_ms + 1)
-        height = state.height + 1
-        candidates, stale = _select_candidates(state.params["max_block_txs"])
-        view = _load_view(candidates, key.address)
-        view.validators = validator_set_at(height)
-        included: list[str] = []
-        results: dict[str, str] = {}
-        rejected: list[tuple[str, str, str]] = []
-        dropped: list[tuple[str, str, str]] = []
-        for c in candidates:
-            outcome = _apply(view, c, height=height, proposer=key.address, params=state.params)
-            if outcome.included:
-                included.append(c.id)
-                if outcome.code:
-                    results[c.id] = outcome.code
-                    rejected.append((outcome.code, outcome.message[:300], c.id))
-            else:
-                dropped.append((outcome.code or "", outcome.message[:300], c.id))
-        header = proto_block.block_header(
-            chain_id=state.chain_id,
-            height=height,
-            prev_id=state.latest_block_id,
-            time_ms=time_ms,
-            proposer=key.address,
-            tx_ids=included,
-        )
-        bid = proto_block.block_id(header)
-        commit = proto_block.make_commit(key, chain_id=state.chain_id, height=height, round=0, block_id=bid)
-        block = _store_block(state, header, bid, included, results, commit, rejected, dropped, stale, view)
-    return block
+        if (state.height, state.latest_block_id) != (before.height, before.latest_block_id):
+            draft = _draft_block(state, key, now_ms)
+            if draft is None:
+                return None
+        return _store_block(state, *draft)
+
+
+def _draft_block(state: ChainState, key: Key, now_ms: int) -> tuple | None:
+    """The next block on ``state`` and its effects, as ``_store_block``'s arguments; None if too early."""
+    last_ms = int(state.latest_block_time.timestamp() * 1000)
+    if state.height > 0 and now_ms < last_ms + state.params["block_time_ms"]:
+        return None
+    time_ms = max(now_ms, last_ms + 1)
+    height = state.height + 1
+    candidates, stale = _select_candidates(state.params["max_block_txs"])
+    view = _load_view(candidates, key.address)
+    view.validators = validator_set_at(height)
+    included: list[str] = []
+    results: dict[str, str] = {}
+    rejected: list[tuple[str, str, str]] = []
+    dropped: list[tuple[str, str, str]] = []
+    for c in candidates:
+        outcome = _apply(view, c, height=height, proposer=key.address, params=state.params)
+        if outcome.included:
+            included.append(c.id)
+            if outcome.code:
+                results[c.id] = outcome.code
+                rejected.append((outcome.code, outcome.message[:300], c.id))
+        else:
+            dropped.append((outcome.code or "", outcome.message[:300], c.id))
+    header = proto_block.block_header(
+        chain_id=state.chain_id,
+        height=height,
+        prev_id=state.latest_block_id,
+        time_ms=time_ms,
+        proposer=key.address,
+        tx_ids=included,
+    )
+    bid = proto_block.block_id(header)
+    commit = proto_block.make_commit(key, chain_id=state.chain_id, height=height, round=0, block_id=bid)
+    return header, bid, included, results, commit, rejected, dropped, stale, view
 
 
 def _store_block(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from chain.protocol.errors import ProtocolError
@@ -37,13 +38,17 @@ def _parse_int(text: str) -> int:
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
+    obj = dict(pairs)
+    # One C-level pass each for the common case; the loop below only names the culprit.
+    if len(obj) == len(pairs) and "".join(obj).isascii():
+        return obj
+    seen: set[str] = set()
+    for key, _value in pairs:
+        if key in seen:
             raise ProtocolError("malformed", f"duplicate key {key!r}")
         if not key.isascii():
             raise ProtocolError("malformed", f"key {key!r} is not ASCII")
-        obj[key] = value
+        seen.add(key)
     return obj
 
 
@@ -59,16 +64,25 @@ def parse_strict(body: bytes | str) -> Any:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ProtocolError("malformed", f"body is not valid UTF-8 at byte {exc.start}") from None
+        literal_surrogates = False
     else:
         text = body
+        literal_surrogates = not text.isascii()
     try:
         value = _decoder.decode(text)
     except json.JSONDecodeError as exc:
         raise ProtocolError("malformed", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise ProtocolError("malformed", "JSON nested too deeply") from None
-    _reject_surrogates(value)
+    # Text decoded from UTF-8 holds no surrogate, so one can only come from a \uD800-\uDFFF
+    # escape: the walk over every string runs only for a body that has one (or for a str
+    # given by a caller, which may hold them literally).
+    if literal_surrogates or _SURROGATE_ESCAPE.search(text):
+        _reject_surrogates(value)
     return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _reject_surrogates(value: Any) -> None:

@@ -1,0 +1,142 @@
+"""The admission and production shortcuts keep the rules they shortcut.
+
+Strict JSON skips its walk over every string unless the text can hold a lone
+surrogate; admission reads pending spends and nonces with set-based SQL; a block
+is built before the write lock is taken and rebuilt if the head moved meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chain import services
+from chain.models import Block, ChainState, Transaction
+from chain.protocol.encoding import parse_strict
+from chain.protocol.errors import ProtocolError
+from chain.tests.harness import ChainHarness, replayed_state, stored_state
+from chain.tests.support import MIN_FEE, transfer
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'["\\ud800"]',
+        b'{"memo": "\\uDFFF"}',
+        b'{"a": {"b": ["ok", "\\uDbFf"]}}',
+        b'["\\ud83d"]',
+        b'["\\ude00\\ud83d"]',
+        '["\ud800"]',
+        '{"k": "caf\u00e9 \udc00"}',
+    ],
+    ids=["high", "low-upper-case", "nested-mixed-case", "half-pair", "pair-reversed", "str-literal", "str-non-ascii"],
+)
+def test_lone_surrogates_are_malformed(body: bytes | str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        parse_strict(body)
+    assert caught.value.code == "malformed"
+    assert "surrogate" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "value"),
+    [
+        (b'["\\ud83d\\ude00"]', ["\U0001f600"]),
+        (b'["\\\\ud800"]', ["\\ud800"]),
+        ('["caf\u00e9"]'.encode(), ["caf\u00e9"]),
+        ('["caf\u00e9"]', ["caf\u00e9"]),
+        (b'{"b": 1, "a": [2, {"c": "\\u00e9"}]}', {"b": 1, "a": [2, {"c": "\u00e9"}]}),
+    ],
+    ids=["pair", "escaped-backslash", "utf8-bytes", "str", "nested"],
+)
+def test_texts_without_lone_surrogates_parse(body: bytes | str, value) -> None:
+    assert parse_strict(body) == value
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"a": 1, "b": 2, "a": 3}', "duplicate key 'a'"),
+        (b'{"\\u00e9": 1}', "is not ASCII"),
+        (b'{"x": {"k": 1, "k": 1}}', "duplicate key 'k'"),
+        (b'{"\\u00e9": 1, "\\u00e9": 2}', "is not ASCII"),
+    ],
+)
+def test_object_keys_are_unique_and_ascii(body: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        parse_strict(body)
+    assert caught.value.code == "malformed"
+    assert message in caught.value.message
+
+
+def test_pending_spends_and_nonces_of_earlier_batches_count(chain: ChainHarness) -> None:
+    """Admission sums the sender's pending spends and sees its pending nonces in the database."""
+    alice, bob = chain.keys.alice, chain.keys.bob
+    balance = chain.balance(alice)
+    first = chain.batch([transfer(alice, n, bob.address, balance // 4) for n in range(3)])
+    assert all("id" in r for r in first), first
+    left = balance - 3 * (balance // 4 + MIN_FEE)
+    results = chain.batch(
+        [
+            transfer(alice, 1, bob.address, 7),
+            transfer(alice, 3, bob.address, left - MIN_FEE + 1),
+            transfer(alice, 3, bob.address, left - MIN_FEE),
+            transfer(alice, 4, bob.address, 1),
+        ]
+    )
+    assert [r.get("error", {}).get("code") for r in results] == [
+        "duplicate",
+        "insufficient_funds",
+        None,
+        "insufficient_funds",
+    ], results
+    assert Transaction.objects.filter(status=Transaction.PENDING, sender=alice.address).count() == 4
+    block = chain.produce()
+    assert block.tx_count == 4
+    assert chain.balance(alice) == 0
+    assert stored_state() == replayed_state(chain.genesis)
+
+
+def test_a_block_built_while_the_head_moved_is_rebuilt(chain: ChainHarness, monkeypatch) -> None:
+    """Another block stored between the draft and the write lock: the draft is dropped and rebuilt on the new head."""
+    alice, bob, carol = chain.keys.alice, chain.keys.bob, chain.keys.carol
+    for n in range(3):
+        chain.submit(transfer(alice, n, bob.address, 10 + n))
+    draft_block = services._draft_block
+    drafts: list[int] = []
+
+    def racing_draft(state: ChainState, key, now_ms: int):
+        drafts.append(state.height)
+        draft = draft_block(state, key, now_ms)
+        if len(drafts) == 1:
+            # The rival block takes alice's transfers and carol's, which arrives only now.
+            chain.submit(transfer(carol, 0, bob.address, 5))
+            monkeypatch.setattr(services, "_draft_block", draft_block)
+            chain.produce()
+            monkeypatch.setattr(services, "_draft_block", racing_draft)
+        return draft
+
+    monkeypatch.setattr(services, "_draft_block", racing_draft)
+    start = ChainState.objects.get()
+    later = int(start.latest_block_time.timestamp() * 1000) + 10 * chain.params["block_time_ms"]
+    block = services.block_produce(key=chain.keys.validator, now_ms=later)
+    assert drafts == [0, 1]
+    assert block is not None and block.height == 2
+    first, second = Block.objects.order_by("height")
+    assert second.prev_id == first.id
+    assert first.tx_count == 4 and second.tx_count == 0
+    assert Transaction.objects.filter(status=Transaction.COMMITTED).count() == 4
+    assert chain.nonce(alice) == 3 and chain.nonce(carol) == 1
+    assert stored_state() == replayed_state(chain.genesis)
+
+
+def test_a_draft_too_early_takes_no_lock_and_writes_nothing(chain: ChainHarness) -> None:
+    chain.submit(transfer(chain.keys.alice, 0, chain.keys.bob.address, 1))
+    chain.produce()
+    chain.submit(transfer(chain.keys.alice, 1, chain.keys.bob.address, 1))
+    state = ChainState.objects.get()
+    early = int(state.latest_block_time.timestamp() * 1000) + chain.params["block_time_ms"] - 1
+    assert services.block_produce(key=chain.keys.validator, now_ms=early) is None
+    assert ChainState.objects.get().height == 1
+    assert json.loads(Transaction.objects.get(status=Transaction.PENDING).body)["nonce"] == 1
