@@ -552,8 +552,18 @@ def _load_view(candidates: list[Candidate], proposer: str) -> LedgerView:
 
 def _write_view(view: LedgerView) -> None:
     table = Account._meta.db_table
-    rows = [(address, *view.accounts[address]) for address in view.touched_accounts]
-    if rows:
+    # Sorted, the rows meet the primary key's B-tree pages in order.
+    rows = [(address, *view.accounts[address]) for address in sorted(view.touched_accounts)]
+    if rows and connection.vendor == "postgresql":
+        addresses, balances, nonces = (list(column) for column in zip(*rows, strict=True))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (address, balance, nonce) "
+                "SELECT * FROM unnest(%s::varchar[], %s::bigint[], %s::bigint[]) "
+                "ON CONFLICT (address) DO UPDATE SET balance = excluded.balance, nonce = excluded.nonce",
+                [addresses, balances, nonces],
+            )
+    elif rows:
         with connection.cursor() as cursor:
             cursor.executemany(
                 f"INSERT INTO {table} (address, balance, nonce) VALUES (%s, %s, %s) "
@@ -688,12 +698,10 @@ def _store_block(
     _apply_approvals(view.approvals, height)
     table = Transaction._meta.db_table
     with connection.cursor() as cursor:
-        committed = [tx_id for tx_id in included if tx_id not in results]
-        for chunk in _chunks(committed):
-            marks = ",".join(["%s"] * len(chunk))
-            cursor.execute(
-                f"UPDATE {table} SET status = 'committed', height = %s WHERE id IN ({marks})", [height, *chunk]
-            )
+        committed = sorted(tx_id for tx_id in included if tx_id not in results)
+        for chunk in _chunks(committed, 20_000 if connection.vendor == "postgresql" else _CHUNK):
+            operand, ids = _in(chunk)
+            cursor.execute(f"UPDATE {table} SET status = 'committed', height = %s WHERE id {operand}", [height, *ids])
         if rejected:
             cursor.executemany(
                 f"UPDATE {table} SET status = 'rejected', height = {int(height)}, error_code = %s, "
