@@ -8,6 +8,7 @@ fails half-way. Timeouts here are failure guards, never assertions on speed.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -250,6 +252,42 @@ def _stop_spawned(spawned: Spawned, timeout: float) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     process.wait()
+
+
+@contextmanager
+def devnet_running(
+    data_dir: Path, *args: str, env: dict[str, str], startup_timeout: float = 240.0
+) -> Iterator[tuple[subprocess.Popen, dict]]:
+    """``manage.py devnet <args>`` writing to ``data_dir``: its process and ``network.json`` once written.
+
+    Output goes to ``<data_dir>/devnet.log``. On exit the devnet gets SIGTERM (it
+    stops its parts), then its whole process group is killed so no part outlives the test.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "devnet.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            manage_argv("devnet", *args),
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        network_file = data_dir / "devnet" / "network.json"
+
+        def written() -> bool:
+            if process.poll() is not None:
+                output = log_path.read_text(errors="replace")[-4000:]
+                pytest.fail(f"devnet exited with {process.returncode}:\n{output}")
+            return network_file.exists()
+
+        wait_until(written, timeout=startup_timeout, interval=0.3, message="the devnet's network.json")
+        yield process, json.loads(network_file.read_text(encoding="utf-8"))
+    finally:
+        _stop_spawned(Spawned(process, log_path), timeout=60.0)
 
 
 @pytest.fixture

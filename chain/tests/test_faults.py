@@ -13,7 +13,6 @@ Timeouts are failure guards only; nothing here asserts a speed.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -31,7 +30,7 @@ from chain.client import ChainUnavailable, HttpChainClient
 from chain.protocol.errors import ProtocolError
 from chain.protocol.keys import Key
 from chain.protocol.tx import build_transaction
-from conftest import PROJECT_ROOT, clean_env, find_free_port_range, manage_argv, pid_alive, wait_until
+from conftest import PROJECT_ROOT, clean_env, devnet_running, find_free_port_range, pid_alive, wait_until
 
 pytestmark = pytest.mark.process
 
@@ -280,47 +279,17 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
     data_dir = tmp_path_factory.mktemp("faults") / "data"
     port = find_free_port_range(51)
     env = clean_env(AITBC_DATA_DIR=data_dir, AITBC_TEST_HOOKS="1")
-    log_path = data_dir.parent / "devnet.log"
-    argv = manage_argv("devnet", "--port", str(port), "--validators", "4", "--param", f"block_time_ms={BLOCK_TIME_MS}")
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            argv,
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    net: Devnet | None = None
-    try:
-        network_file = data_dir / "devnet" / "network.json"
-
-        def written() -> bool:
-            if process.poll() is not None:
-                pytest.fail(f"devnet exited with {process.returncode}:\n{tail(log_path)}")
-            return network_file.exists()
-
-        wait_until(written, timeout=STARTUP_TIMEOUT, interval=0.3, message="the devnet's network.json")
-        net = Devnet(data_dir, env, json.loads(network_file.read_text(encoding="utf-8")))
-        net.wait_for_progress(2, timeout=60)
-        yield net
-    finally:
-        for node in net.nodes if net else []:
-            if pid_alive(node.pid):
-                os.kill(node.pid, signal.SIGCONT)
-        process.send_signal(signal.SIGTERM)
+    args = ("--port", str(port), "--validators", "4", "--param", f"block_time_ms={BLOCK_TIME_MS}")
+    with devnet_running(data_dir, *args, env=env, startup_timeout=STARTUP_TIMEOUT) as (_process, network):
+        net = Devnet(data_dir, env, network)
         try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        process.wait()
-        if net is not None:
-            net.stop_all()
+            net.wait_for_progress(2, timeout=60)
+            yield net
+        finally:
+            # A node a test left stopped must hear the SIGTERM that ends the devnet.
+            for node in net.nodes:
+                if pid_alive(node.pid):
+                    os.kill(node.pid, signal.SIGCONT)
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,8 +27,8 @@ import websockets
 from chain.network import INBOX_MAX, MAX_MESSAGE_BYTES, PEER_MESSAGE_BURST
 from chain.protocol.block import sign_vote, vote_body
 from chain.protocol.keys import Key
-from chain.tests.test_faults import STARTUP_TIMEOUT, Devnet, tail
-from conftest import PROJECT_ROOT, clean_env, find_free_port_range, manage_argv, pid_alive, wait_until
+from chain.tests.test_faults import STARTUP_TIMEOUT, Devnet
+from conftest import clean_env, devnet_running, find_free_port_range, pid_alive
 
 pytestmark = pytest.mark.process
 
@@ -44,52 +41,11 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
     data_dir = tmp_path_factory.mktemp("hostile") / "data"
     port = find_free_port_range(51)
     env = clean_env(AITBC_DATA_DIR=data_dir)
-    log_path = data_dir.parent / "devnet.log"
-    argv = manage_argv(
-        "devnet",
-        "--port",
-        str(port),
-        "--validators",
-        "4",
-        "--providers",
-        "0",
-        "--param",
-        f"block_time_ms={BLOCK_TIME_MS}",
-    )
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            argv,
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    net: Devnet | None = None
-    try:
-        network_file = data_dir / "devnet" / "network.json"
-
-        def written() -> bool:
-            if process.poll() is not None:
-                pytest.fail(f"devnet exited with {process.returncode}:\n{tail(log_path)}")
-            return network_file.exists()
-
-        wait_until(written, timeout=STARTUP_TIMEOUT, interval=0.3, message="the devnet's network.json")
-        net = Devnet(data_dir, env, json.loads(network_file.read_text(encoding="utf-8")))
+    args = ("--port", str(port), "--validators", "4", "--providers", "0", "--param", f"block_time_ms={BLOCK_TIME_MS}")
+    with devnet_running(data_dir, *args, env=env, startup_timeout=STARTUP_TIMEOUT) as (_process, network):
+        net = Devnet(data_dir, env, network)
         net.wait_for_progress(2, timeout=60)
         yield net
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        process.wait()
 
 
 class Attacker:

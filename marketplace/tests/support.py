@@ -270,3 +270,16 @@ async def close_layer() -> None:
         await layer.flush()
     if hasattr(layer, "close_pools"):
         await layer.close_pools()
+
+
+def wait_for_providers(url: str, count: int, timeout: float = 120) -> None:
+    """Wait until ``count`` providers are online at the coordinator ``url`` (a devnet's)."""
+    import requests
+
+    from conftest import wait_until
+
+    wait_until(
+        lambda: sum(p["online"] for p in requests.get(f"{url}/v1/providers", timeout=10).json()) == count,
+        timeout=timeout,
+        message=f"{count} providers online",
+    )

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,8 @@ import requests
 from chain.client import HttpChainClient
 from chain.protocol.keys import Key
 from chain.protocol.tx import build_transaction
-from conftest import clean_env, find_free_port_range, wait_until
+from conftest import clean_env, devnet_running, find_free_port_range, wait_until
+from marketplace.tests.support import wait_for_providers
 from wallet.keystore import decrypt_keystore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,43 +106,14 @@ class Devnet:
 @pytest.fixture(scope="module")
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
     data_dir = tmp_path_factory.mktemp("devnet-jobs")
-    port = find_free_port_range(40)
-    log = open(data_dir / "devnet.out", "ab")  # noqa: SIM115
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "manage.py",
-            "devnet",
-            "--port",
-            str(port),
-            "--providers",
-            "2",
-            "--param",
-            "block_time_ms=500",
-        ],
-        cwd=ROOT,
-        env=clean_env(AITBC_DATA_DIR=data_dir),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    network = data_dir / "devnet" / "network.json"
-    try:
-        wait_until(lambda: network.exists() or process.poll() is not None, timeout=STARTUP, message="devnet")
-        assert process.poll() is None, (data_dir / "devnet.out").read_text()[-3000:]
+    args = ("--port", str(find_free_port_range(40)), "--providers", "2", "--param", "block_time_ms=500")
+    with devnet_running(data_dir, *args, env=clean_env(AITBC_DATA_DIR=data_dir), startup_timeout=STARTUP) as (
+        process,
+        _network,
+    ):
         net = Devnet(data_dir, process)
-        wait_until(
-            lambda: sum(p["online"] for p in requests.get(f"{net.url}/v1/providers", timeout=10).json()) == 2,
-            timeout=120,
-            message="two providers online",
-        )
+        wait_for_providers(net.url, 2)
         yield net
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 @pytest.mark.process

@@ -26,7 +26,8 @@ import pytest
 import requests
 
 from chain.client import HttpChainClient
-from conftest import clean_env, find_free_port_range, wait_until
+from conftest import clean_env, devnet_running, find_free_port_range, wait_until
+from marketplace.tests.support import wait_for_providers
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "smollm2:135m"
@@ -80,35 +81,13 @@ class Gateway:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     data_dir = tmp_path_factory.mktemp("devnet-gateway")
-    port = find_free_port_range(40)
-    log = open(data_dir / "devnet.out", "ab")  # noqa: SIM115
-    argv = [sys.executable, "manage.py", "devnet", "--port", str(port), "--providers", "2"]
-    process = subprocess.Popen(
-        [*argv, "--param", "block_time_ms=500"],
-        cwd=ROOT,
-        # Deposit payouts go out a second after a charge, so a test sees its provider paid on chain.
-        env=clean_env(AITBC_DATA_DIR=data_dir, AITBC_MARKET_PAYOUT_BATCH_AGE_S="1"),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    network = data_dir / "devnet" / "network.json"
-    try:
-        wait_until(lambda: network.exists() or process.poll() is not None, timeout=STARTUP, message="devnet")
-        assert process.poll() is None, (data_dir / "devnet.out").read_text()[-3000:]
+    args = ("--port", str(find_free_port_range(40)), "--providers", "2", "--param", "block_time_ms=500")
+    # Deposit payouts go out a second after a charge, so a test sees its provider paid on chain.
+    env = clean_env(AITBC_DATA_DIR=data_dir, AITBC_MARKET_PAYOUT_BATCH_AGE_S="1")
+    with devnet_running(data_dir, *args, env=env, startup_timeout=STARTUP):
         net = Gateway(data_dir)
-        wait_until(
-            lambda: sum(p["online"] for p in requests.get(f"{net.url}/v1/providers", timeout=10).json()) == 2,
-            timeout=120,
-            message="two providers online",
-        )
+        wait_for_providers(net.url, 2)
         yield net
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +116,7 @@ def test_the_devnet_hands_out_a_working_demo_key(gateway: Gateway) -> None:
     assert key_file.stat().st_mode & 0o777 == 0o600
     key = key_file.read_text().strip()
     assert [m.model for m in ollama.Client(host=f"{gateway.url}/k/{key}").list().models] == [MODEL]
-    out = (gateway.data_dir / "devnet.out").read_text()
+    out = (gateway.data_dir / "devnet.log").read_text()
     assert f"OLLAMA_HOST={gateway.url}/k/{key}" in out and f'base_url="{gateway.url}/v1"' in out
 
 
