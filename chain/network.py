@@ -156,9 +156,11 @@ class DbSigner:
 def save_lock(height: int, round_: int, block_id: str | None, block: dict | None) -> None:
     from chain.models import SignerState
 
-    SignerState.objects.get_or_create(singleton=1)
     locked = None if block_id is None else {"height": height, "round": round_, "block_id": block_id, "block": block}
-    SignerState.objects.filter(singleton=1).update(locked=locked)
+    # The row exists once this validator has signed anything, which it has before it locks.
+    if not SignerState.objects.filter(singleton=1).update(locked=locked):
+        SignerState.objects.get_or_create(singleton=1)
+        SignerState.objects.filter(singleton=1).update(locked=locked)
 
 
 def load_lock(height: int) -> tuple[int, str, dict] | None:
@@ -645,7 +647,10 @@ class ConsensusDriver:
             propose=propose,
             validate=validate,
             timeouts=self.timeouts,
-            locked=load_lock(height),
+            # A lock is saved only while its height is being decided, so one for a height this
+            # process has not started yet can only be a previous run's: read at start-up alone,
+            # not with every height (the record holds a whole block).
+            locked=load_lock(height) if initial else None,
         )
         # Keep the block cadence: start the height block_time after the previous block.
         last_ms = int(state.latest_block_time.timestamp() * 1000)
