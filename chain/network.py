@@ -5,7 +5,7 @@ configuration (``--peers``) with reconnection and backoff. Everything a peer
 sends goes into one queue that a single consensus thread works through, so
 the consensus state machine (``chain/consensus.py``) and the ledger writes it
 triggers never run concurrently. Messages are deduplicated by the SHA-256 of
-their canonical JSON, capped in size, and a peer that sends malformed or
+their text, capped in size, and a peer that sends malformed or
 invalid ones loses score and, past a threshold, its connection for a while.
 
 Message types (JSON text frames): ``hello`` (chain id, genesis id, node id,

@@ -1,0 +1,151 @@
+"""What a node spends on gossip: one frame per node, relays that die at the digest, one verify per message.
+
+No database and no processes: the gossip layer and the consensus state machine on their own.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chain import consensus
+from chain.consensus import HeightState, ValidatorSet, Vote
+from chain.network import ConsensusDriver, Peer
+from chain.protocol.block import DOMAIN_VOTE, vote_body
+from chain.protocol.encoding import canonical_json
+from chain.protocol.keys import Key
+
+CHAIN = "aitbc-gossip-1"
+
+
+def gossip_node() -> ConsensusDriver:
+    return ConsensusDriver(
+        chain_id=CHAIN,
+        genesis_id="00" * 32,
+        key=None,
+        peers=[],
+        block_time_ms=1000,
+        rpc_url="http://127.0.0.1:9",
+        run_consensus=False,
+    )
+
+
+def connect(node: ConsensusDriver, name: str, direction: str, node_id: str = "") -> list[str]:
+    """A connected peer whose frames are recorded in the returned list."""
+    frames: list[str] = []
+    peer = Peer(id=name, direction=direction, node_id=node_id)
+    peer.send = frames.append
+    node.gossip.add(peer)
+    return frames
+
+
+def test_a_frame_goes_once_to_a_node_connected_twice_over_the_connection_dialed() -> None:
+    node = gossip_node()
+    dialed_x = connect(node, "out-x", "out", "node-x")
+    inbound_x = connect(node, "in-x", "in", "node-x")
+    inbound_y = connect(node, "in-y", "in", "node-y")
+    anonymous = connect(node, "in-anon", "in")  # no hello yet
+    node.gossip.broadcast("frame")
+    assert (dialed_x, inbound_x, inbound_y, anonymous) == (["frame"], [], ["frame"], ["frame"])
+
+
+def test_a_node_not_dialed_gets_the_frame_on_every_connection_claiming_it() -> None:
+    """An impostor naming a node first must not cut that node off: a hello's node id proves nothing."""
+    node = gossip_node()
+    impostor = connect(node, "in-1", "in", "node-x")
+    real = connect(node, "in-2", "in", "node-x")
+    node.gossip.broadcast("frame")
+    assert impostor == ["frame"] and real == ["frame"]
+
+
+def test_nothing_goes_back_to_the_node_a_frame_came_from_on_any_of_its_connections() -> None:
+    node = gossip_node()
+    dialed_x = connect(node, "out-x", "out", "node-x")
+    inbound_x = connect(node, "in-x", "in", "node-x")
+    other = connect(node, "out-y", "out", "node-y")
+    source = node.gossip.peers["in-x"]
+    node.gossip.broadcast("relay", exclude=source)
+    assert (dialed_x, inbound_x, other) == ([], [], ["relay"])
+
+
+def test_txs_frames_this_node_sends_are_dropped_when_relays_bring_them_back() -> None:
+    node = gossip_node()
+    sent = connect(node, "out-x", "out", "node-x")
+    node.broadcast_txs([{"any": "transaction"}])
+    assert len(sent) == 1
+    node._on_text(node.gossip.peers["out-x"], sent[0])
+    assert node.tx_inbox.empty()
+
+
+def test_a_block_of_a_height_the_node_has_is_dropped_before_it_is_parsed() -> None:
+    node = gossip_node()
+    connect(node, "out-x", "out", "node-x")
+    peer = node.gossip.peers["out-x"]
+    node.height = 7
+    # Not JSON after its prefix: parsing it would cost the peer points for malformed JSON.
+    node._on_text(peer, '{"type": "block", "height": 7, "block": <megabytes>')
+    assert peer.score == 0 and not node.seen
+    node._on_text(peer, '{"type": "block", "height": 8, "block": <megabytes>')
+    assert peer.score < 0, "a block of a later height is read (and this one is malformed)"
+
+
+def test_a_decided_block_message_starts_with_its_height() -> None:
+    text = json.dumps({"type": "block", "height": 12, "block": {}, "commit": {}})
+    assert text.startswith('{"type": "block", "height": 12,')
+
+
+@pytest.fixture
+def counted_verifies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls = [0]
+    real = consensus.verify_vote
+
+    def counting(pubkey_hex, body, signature_hex):
+        calls[0] += 1
+        return real(pubkey_hex, body, signature_hex)
+
+    monkeypatch.setattr(consensus, "verify_vote", counting)
+    return calls
+
+
+def signed_vote(key: Key, height: int, step: str, block_id: str) -> Vote:
+    body = vote_body(chain_id=CHAIN, height=height, round=0, step=step, block_id=block_id)
+    return Vote(height, 0, step, block_id, key.address, key.sign(DOMAIN_VOTE, canonical_json(body)).hex())
+
+
+def height_state(keys: list[Key]) -> HeightState:
+    validators = ValidatorSet({k.address: (k.pubkey_hex, 1) for k in keys})
+    state = HeightState(
+        chain_id=CHAIN,
+        height=1,
+        validators=validators,
+        signer=None,
+        propose=lambda h, r: ("", {}),
+        validate=lambda block: None,
+    )
+    state.start()
+    return state
+
+
+def test_a_vote_the_host_verified_is_not_verified_again_and_its_repeat_is_known(counted_verifies) -> None:
+    keys = [Key(bytes([i]) * 32) for i in range(1, 5)]
+    state = height_state(keys)
+    vote = signed_vote(keys[0], 1, "prevote", "ab" * 32)
+    assert not state.has(vote)
+    state.note_verified(vote)
+    state.receive_vote(vote)
+    assert counted_verifies == [0]
+    assert state.has(vote)
+
+
+def test_a_forged_vote_is_still_verified_and_refused(counted_verifies) -> None:
+    """What the host verified is the exact signed message: another block id under its signature is new."""
+    keys = [Key(bytes([i]) * 32) for i in range(1, 5)]
+    state = height_state(keys)
+    vote = signed_vote(keys[0], 1, "prevote", "ab" * 32)
+    state.note_verified(vote)
+    forged = Vote(vote.height, vote.round, vote.step, "cd" * 32, vote.validator, vote.signature)
+    assert not state.vote_verified(forged)
+    state.receive_vote(forged)
+    assert counted_verifies == [1]
+    assert not state.has(forged) and not state.has(vote)
