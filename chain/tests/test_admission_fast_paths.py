@@ -140,3 +140,19 @@ def test_a_draft_too_early_takes_no_lock_and_writes_nothing(chain: ChainHarness)
     assert services.block_produce(key=chain.keys.validator, now_ms=early) is None
     assert ChainState.objects.get().height == 1
     assert json.loads(Transaction.objects.get(status=Transaction.PENDING).body)["nonce"] == 1
+
+
+def test_the_mempool_bound_counts_exactly_near_the_limit(chain: ChainHarness, monkeypatch) -> None:
+    """Pending arrival numbers with a hole (a block took the middle one) overstate the count: near
+    MEMPOOL_MAX admission counts exactly, so the hole is room."""
+    monkeypatch.setattr(services, "MEMPOOL_MAX", 3)
+    alice, bob, carol, dave = chain.keys.alice, chain.keys.bob, chain.keys.carol, chain.keys.dave
+    chain.submit(transfer(alice, 1, bob.address, 1))  # waits for alice's nonce 0
+    chain.submit(transfer(bob, 0, alice.address, 1))
+    chain.submit(transfer(carol, 1, bob.address, 1))  # waits for carol's nonce 0
+    assert chain.produce().tx_count == 1
+    pending = Transaction.objects.filter(status=Transaction.PENDING).order_by("seq").values_list("seq", flat=True)
+    assert list(pending) == [1, 3]
+    chain.submit(transfer(dave, 0, bob.address, 1))
+    refuse = chain.post(transfer(dave, 1, bob.address, 1))
+    assert refuse.status_code == 503 and refuse.json()["error"]["code"] == "mempool_full"
