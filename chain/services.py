@@ -30,7 +30,7 @@ from chain.models import Account, Block, ChainState, Escrow, Evidence, Transacti
 from chain.protocol import block as proto_block
 from chain.protocol.errors import ProtocolError
 from chain.protocol.keys import Key
-from chain.protocol.tx import NONCE_WINDOW, check_transaction, sign_bytes, signature_valid, tx_id_of
+from chain.protocol.tx import NONCE_WINDOW, check_transaction, signature_valid
 from chain.protocol.tx import Transaction as CheckedTx
 from chain.validators import VALSET_DELAY, change_id, validator_set_at
 
@@ -386,7 +386,7 @@ def _admit_locked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, Admit
     if rows:
         _insert_pending(rows)
         ChainState.objects.filter(singleton=1).update(mempool_seq=seq - 1)
-        admitted = [(c.id, c.tx) for _i, c in checked if c.id in batch_ids]
+        admitted = [c for _i, c in checked if c.id in batch_ids]
         transaction.on_commit(lambda: _admitted.add(admitted))
         send_event_on_commit(EVENTS_GROUP, {"type": "mempool", "admitted": len(rows)})
     return out
@@ -504,14 +504,18 @@ class _AdmittedCache:
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
         self.items: dict[str, dict[str, Any]] = {}
+        # The checked form by signature, so a block's copy of a transaction is recognized
+        # without encoding and hashing it again (``block_check``).
+        self.checked: dict[str, CheckedTx] = {}
         self.lock = threading.Lock()
 
-    def add(self, txs: list[tuple[str, dict[str, Any]]]) -> None:
+    def add(self, txs: list[CheckedTx]) -> None:
         with self.lock:
-            for tx_id, tx in txs:
-                self.items[tx_id] = tx
+            for c in txs:
+                self.items[c.id] = c.tx
+                self.checked[c.tx["signature"]] = c
             while len(self.items) > self.capacity:
-                self.items.pop(next(iter(self.items)))
+                self._drop(next(iter(self.items)))
 
     def lookup(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         with self.lock:
@@ -520,7 +524,35 @@ class _AdmittedCache:
     def discard(self, ids: list[str]) -> None:
         with self.lock:
             for tx_id in ids:
-                self.items.pop(tx_id, None)
+                self._drop(tx_id)
+
+    def _drop(self, tx_id: str) -> None:
+        tx = self.items.pop(tx_id, None)
+        if tx is not None:
+            self.checked.pop(tx["signature"], None)
+
+    def checked_forms(self, txs: list[Any]) -> list[CheckedTx | None]:
+        """For each wire transaction, the checked form admitted here if it is exactly that one.
+
+        Exactly: equal and of the same JSON types field by field (``1``, ``1.0`` and
+        ``true`` are equal in Python but not on the wire), so its canonical encoding,
+        id and signature are the admitted ones.
+        """
+        with self.lock:
+            found = [
+                self.checked.get(tx["signature"]) if type(tx) is dict and type(tx.get("signature")) is str else None
+                for tx in txs
+            ]
+        return [c if c is not None and _same_wire(tx, c.tx) else None for tx, c in zip(txs, found, strict=True)]
+
+
+def _same_wire(tx: dict[str, Any], known: dict[str, Any]) -> bool:
+    if tx is known:
+        return True
+    if tx != known or any(type(v) is not type(known[k]) for k, v in tx.items()):
+        return False
+    payload = known["payload"]
+    return all(type(v) is type(payload[k]) for k, v in tx["payload"].items())
 
 
 _admitted = _AdmittedCache()
@@ -790,11 +822,12 @@ def block_build(*, proposer: str, round_: int, now_ms: int | None = None) -> tup
     candidates, _stale = _select_candidates(state.params["max_block_txs"])
     view = _load_view(candidates, proposer)
     view.validators = validator_set_at(height)
-    txs = []
+    txs, ids = [], []
     for c in candidates:
         outcome = _apply(view, c, height=height, proposer=proposer, params=state.params)
         if outcome.included:
             txs.append(c.tx)
+            ids.append(c.id)  # the id stored at admission: no need to encode and hash again
     evidence = [e.votes for e in Evidence.objects.filter(included_height__isnull=True).order_by("height")[:20]]
     evidence = [e for e in evidence if _evidence_problem(e, height) is None]
     header = proto_block.block_header(
@@ -803,7 +836,7 @@ def block_build(*, proposer: str, round_: int, now_ms: int | None = None) -> tup
         prev_id=state.latest_block_id,
         time_ms=max(now_ms, last_ms + 1),
         proposer=proposer,
-        tx_ids=[tx_id_of(sign_bytes(tx)) for tx in txs],
+        tx_ids=ids,
         round=round_,
         evidence_ids=[proto_block.evidence_id(e) for e in evidence],
     )
@@ -905,10 +938,15 @@ def block_check(body: Any) -> str:
         raise BlockInvalid("block proposer is not a validator at this height")
     if header["tx_count"] != len(txs) or len(txs) > state.params["max_block_txs"]:
         raise BlockInvalid("block tx_count is wrong or above max_block_txs")
+    min_fee = state.params["min_fee"]
     try:
+        # Transactions admitted here were checked then (same chain, same rules): their checked
+        # form is reused; the others are checked now.
         checked = [
-            check_transaction(tx, chain_id=state.chain_id, min_fee=state.params["min_fee"], verify_signature=False)
-            for tx in txs
+            c
+            if c is not None and c.fee >= min_fee
+            else check_transaction(tx, chain_id=state.chain_id, min_fee=min_fee, verify_signature=False)
+            for tx, c in zip(txs, _admitted.checked_forms(txs), strict=True)
         ]
     except ProtocolError as exc:
         raise BlockInvalid(f"block transaction refused: {exc}") from None

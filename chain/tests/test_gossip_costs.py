@@ -149,3 +149,49 @@ def test_a_forged_vote_is_still_verified_and_refused(counted_verifies) -> None:
     state.receive_vote(forged)
     assert counted_verifies == [1]
     assert not state.has(forged) and not state.has(vote)
+
+
+@pytest.mark.parametrize("field,value", [("amount", 5.0), ("nonce", False)])
+def test_a_block_copy_of_an_admitted_transaction_in_other_json_types_is_checked_afresh(
+    chain, django_capture_on_commit_callbacks, monkeypatch: pytest.MonkeyPatch, field: str, value: object
+) -> None:
+    """A block's copy of a transaction admitted here reuses the admission's check only if it is the same JSON."""
+    import copy
+
+    from chain import services
+    from chain.models import ChainState
+    from chain.protocol.tx import build_transaction
+
+    alice, bob = chain.keys.funded[:2]
+    tx = build_transaction(
+        alice,
+        chain_id=chain.genesis["chain_id"],
+        type="transfer",
+        nonce=0,
+        fee=chain.params["min_fee"],
+        payload={"to": bob.address, "amount": 5},
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        [result] = services.mempool_admit(txs=[tx], chain_id=chain.genesis["chain_id"], min_fee=chain.params["min_fee"])
+    assert result.error is None
+    last_ms = int(ChainState.objects.get().latest_block_time.timestamp() * 1000)
+    block_id, body = services.block_build(proposer=chain.keys.validator.address, round_=0, now_ms=last_ms + 1000)
+
+    checks = [0]
+    real_check = services.check_transaction
+
+    def counting(*args, **kwargs):
+        checks[0] += 1
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(services, "check_transaction", counting)
+    assert services.block_check(json.loads(json.dumps(body))) == block_id
+    assert checks == [0], "the admitted transaction's check is reused"
+
+    variant = copy.deepcopy(body)
+    target = variant["txs"][0]["payload"] if field == "amount" else variant["txs"][0]
+    target[field] = value
+    assert variant["txs"][0] == body["txs"][0], "equal in Python, different on the wire"
+    with pytest.raises(services.BlockInvalid, match="malformed"):
+        services.block_check(variant)
+    assert checks == [1]
