@@ -121,14 +121,24 @@ class DbSigner:
 
         order = STEP_ORDER[step]
         with transaction.atomic():
-            state, _ = SignerState.objects.select_for_update().get_or_create(singleton=1)
-            last = (state.height, state.round, state.step)
+            # Only the columns the guard needs: the row also holds the lock, a whole block.
+            row = (
+                SignerState.objects.select_for_update()
+                .filter(singleton=1)
+                .values_list("height", "round", "step", "block_id", "signature")
+                .first()
+            )
+            if row is None:
+                SignerState.objects.get_or_create(singleton=1)
+                row = (0, 0, 0, "", "")
+            last_height, last_round, last_step, last_block_id, last_signature = row
+            last = (last_height, last_round, last_step)
             here = (height, round_, order)
             if here < last and not self.double_sign:
                 return None
-            if here == last and state.signature:
-                if state.block_id == block_id or self.double_sign:
-                    return state.signature if state.block_id == block_id else sign()
+            if here == last and last_signature:
+                if last_block_id == block_id or self.double_sign:
+                    return last_signature if last_block_id == block_id else sign()
                 return None
             signature = sign()
             SignerState.objects.filter(singleton=1).update(
@@ -161,6 +171,14 @@ def save_lock(height: int, round_: int, block_id: str | None, block: dict | None
     if not SignerState.objects.filter(singleton=1).update(locked=locked):
         SignerState.objects.get_or_create(singleton=1)
         SignerState.objects.filter(singleton=1).update(locked=locked)
+
+
+def clear_lock() -> None:
+    """Forget a lock whose height is decided. The signer's row holds it, and every signature
+    rewrites that row: a stale lock there would be a whole block rewritten with every vote."""
+    from chain.models import SignerState
+
+    SignerState.objects.filter(singleton=1, locked__isnull=False).update(locked=None)
 
 
 def load_lock(height: int) -> tuple[int, str, dict] | None:
@@ -444,6 +462,7 @@ class ConsensusDriver:
         self.loop_seen_at = time.monotonic()
         self.stack_logged_at = 0.0
         self.last_commit_messages: list[str] = []
+        self.lock_height: int | None = None  # the height of the lock saved by this process, if any
         self.decided_at: float = time.time()
         self.height = 0
         self._stop = threading.Event()
@@ -639,6 +658,13 @@ class ConsensusDriver:
                 logger.warning("invalid proposal at height %d: %s", height, exc)
                 return None
 
+        # A lock is saved only while its height is being decided, so one for a height this
+        # process has not started yet can only be a previous run's: read at start-up alone,
+        # not with every height (the record holds a whole block).
+        locked = load_lock(height) if initial else None
+        if (initial and locked is None) or (self.lock_height is not None and self.lock_height < height):
+            clear_lock()
+            self.lock_height = None
         self.height_state = HeightState(
             chain_id=self.chain_id,
             height=height,
@@ -647,10 +673,7 @@ class ConsensusDriver:
             propose=propose,
             validate=validate,
             timeouts=self.timeouts,
-            # A lock is saved only while its height is being decided, so one for a height this
-            # process has not started yet can only be a previous run's: read at start-up alone,
-            # not with every height (the record holds a whole block).
-            locked=load_lock(height) if initial else None,
+            locked=locked,
         )
         # Keep the block cadence: start the height block_time after the previous block.
         last_ms = int(state.latest_block_time.timestamp() * 1000)
@@ -681,6 +704,7 @@ class ConsensusDriver:
                     state = self.height_state
                     if state is not None and state.locked_id is not None:
                         save_lock(state.height, state.locked_round, state.locked_id, state.locked_block)
+                        self.lock_height = state.height
             elif isinstance(output, ScheduleTimeout):
                 self._schedule(output.delay_ms, ("timeout", output.step, output.height, output.round))
             elif isinstance(output, Misbehaviour):
