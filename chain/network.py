@@ -803,7 +803,7 @@ class ConsensusDriver:
         elif kind in ("proposal", "vote"):
             self._consensus_message(peer, message, text)
         elif kind == "block":
-            self._on_block(peer, message)
+            self._on_block(peer, message, text)
         elif kind == "evidence":
             from chain.services import evidence_record
 
@@ -952,7 +952,7 @@ class ConsensusDriver:
             self.gossip.penalize(peer, PENALTY["bad_signature"], f"{kind} with an invalid signature")
         return valid
 
-    def _on_block(self, peer: Peer, message: dict) -> None:
+    def _on_block(self, peer: Peer, message: dict, text: str | None = None) -> None:
         from chain.models import ChainState
         from chain.services import BlockInvalid, block_commit
 
@@ -979,8 +979,9 @@ class ConsensusDriver:
             return
         self.decided_at = time.time()
         logger.info("height %d final from a peer's block: %d transactions", height, len(block.get("txs") or []))
-        relay = {"type": "block", "height": height, "block": block, "commit": commit}
-        self.gossip.broadcast(json.dumps(relay, ensure_ascii=False), exclude=peer)
+        if text is None or not text.startswith(f"{BLOCK_PREFIX}{height},"):
+            text = json.dumps({"type": "block", "height": height, "block": block, "commit": commit}, ensure_ascii=False)
+        self.gossip.broadcast(text, exclude=peer)
         self._new_height()
 
     # ticks and sync

@@ -1052,11 +1052,14 @@ def block_commit(*, body: dict[str, Any], commit: dict[str, Any], checked: bool 
             )
         except ProtocolError as exc:
             raise BlockInvalid(f"commit refused: {exc.message}") from None
-        if not checked:
-            block_check(body)
         height = header["height"]
         # The checked form, ledger view and outcomes block_check computed, when it ran on this head.
+        # A block id names its header, which names its transactions' ids and its evidence: a block
+        # checked under this id (its proposal) needs no second check when it arrives with its commit.
         cached = _checked_blocks.take(bid, state.latest_block_id)
+        if cached is None and not checked:
+            block_check(body)
+            cached = _checked_blocks.take(bid, state.latest_block_id)
         if cached is not None:
             checked = cached.txs
         else:
