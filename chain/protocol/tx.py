@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import Any
 
 from chain.protocol.encoding import canonical_json, is_hex, is_int
@@ -61,6 +62,22 @@ def unsigned(tx: dict[str, Any]) -> dict[str, Any]:
 def sign_bytes(tx: dict[str, Any]) -> bytes:
     """``aitbc/tx/v1\\x00`` + canonical JSON of the transaction without ``signature``."""
     return DOMAIN_TX + canonical_json(unsigned(tx))
+
+
+def checked_sign_bytes(tx: dict[str, Any]) -> bytes:
+    """``sign_bytes`` of a transaction that passed ``check_fields``, written out directly.
+
+    Its fields are then known: strings, and integers that are exactly ``int``, so the
+    canonical JSON needs no general encoder (which sorts and type-dispatches every
+    value, at twice the cost). Equal to ``sign_bytes`` for every such transaction.
+    """
+    q = encode_basestring
+    payload = ",".join([f'"{k}":{q(v) if type(v) is str else v}' for k, v in sorted(tx["payload"].items())])
+    text = (
+        f'{{"chain_id":{q(tx["chain_id"])},"fee":{tx["fee"]},"from":{q(tx["from"])},"memo":{q(tx["memo"])},'
+        f'"nonce":{tx["nonce"]},"payload":{{{payload}}},"pubkey":{q(tx["pubkey"])},"type":{q(tx["type"])}}}'
+    )
+    return DOMAIN_TX + text.encode("utf-8")
 
 
 def tx_id_of(signed_bytes: bytes) -> str:
@@ -201,7 +218,7 @@ def check_transaction(tx: Any, *, chain_id: str, min_fee: int, verify_signature:
     if address_from_pubkey_hex(tx["pubkey"]) != tx["from"]:
         raise ProtocolError("bad_signature", "from is not the address of pubkey")
     try:
-        signed = sign_bytes(tx)
+        signed = checked_sign_bytes(tx)
     except (UnicodeEncodeError, ValueError) as exc:
         # Only reachable for objects that did not come through parse_strict (gossip).
         raise ProtocolError("malformed", f"transaction cannot be encoded canonically: {exc}") from None

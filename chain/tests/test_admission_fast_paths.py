@@ -1,8 +1,10 @@
 """The admission and production shortcuts keep the rules they shortcut.
 
 Strict JSON skips its walk over every string unless the text can hold a lone
-surrogate; admission reads pending spends and nonces with set-based SQL; a block
-is built before the write lock is taken and rebuilt if the head moved meanwhile.
+surrogate; a checked transaction's signed bytes are written out without the general
+encoder; admission reads pending spends and nonces with set-based SQL and bounds the
+mempool's size without counting it; a block is built before the write lock is taken
+and rebuilt if the head moved meanwhile.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chain import services
 from chain.models import Block, ChainState, Transaction
 from chain.protocol.encoding import parse_strict
 from chain.protocol.errors import ProtocolError
+from chain.protocol.tx import PAYLOAD_FIELDS, checked_sign_bytes, sign_bytes
 from chain.tests.harness import ChainHarness, replayed_state, stored_state
 from chain.tests.support import MIN_FEE, transfer
 
@@ -68,6 +73,33 @@ def test_object_keys_are_unique_and_ascii(body: bytes, message: str) -> None:
         parse_strict(body)
     assert caught.value.code == "malformed"
     assert message in caught.value.message
+
+
+# Any text, lone surrogates included, and quotes, backslashes and control characters.
+_texts = st.text(st.characters(blacklist_categories=()), max_size=12)
+_ints = st.integers(min_value=0, max_value=2**53 - 1)
+_INT_FIELDS = {"nonce", "fee", "amount", "timeout_height", "power"}
+
+
+@st.composite
+def _shaped_transactions(draw) -> dict:
+    """Dicts with the fields and JSON types ``check_fields`` lets through (values otherwise arbitrary)."""
+    kind = draw(st.sampled_from(sorted(PAYLOAD_FIELDS)))
+    payload = {name: draw(_ints if name in _INT_FIELDS else _texts) for name in PAYLOAD_FIELDS[kind]}
+    tx = {name: draw(_texts) for name in ("chain_id", "from", "pubkey", "memo", "signature")}
+    return tx | {"type": kind, "nonce": draw(_ints), "fee": draw(_ints), "payload": payload}
+
+
+@settings(max_examples=300, deadline=None)
+@given(_shaped_transactions())
+def test_checked_sign_bytes_are_the_canonical_encoding(tx: dict) -> None:
+    try:
+        expected = sign_bytes(tx)
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            checked_sign_bytes(tx)
+        return
+    assert checked_sign_bytes(tx) == expected
 
 
 def test_pending_spends_and_nonces_of_earlier_batches_count(chain: ChainHarness) -> None:
