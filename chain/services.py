@@ -48,9 +48,15 @@ def _chunks(items: list, size: int = _CHUNK):
 
 def _in(values: list) -> tuple[str, list]:
     """An ``IN`` operand and its parameters: one array on PostgreSQL, a placeholder list elsewhere."""
-    if connection.vendor == "postgresql":
-        return "= ANY(%s)", [values]
-    return f"IN ({','.join(['%s'] * len(values))})", values
+    if connection.vendor != "postgresql":
+        return f"IN ({','.join(['%s'] * len(values))})", values
+    # psycopg adapts a list element by element in Python; an array literal written here is
+    # one string (ids, addresses and nonces need no escaping, anything else goes the slow way).
+    if values and all(type(v) is int for v in values):
+        return "= ANY(%s::bigint[])", ["{" + ",".join(map(str, values)) + "}"]
+    if values and all(type(v) is str and '"' not in v and "\\" not in v for v in values):
+        return "= ANY(%s::text[])", ['{"' + '","'.join(values) + '"}']
+    return "= ANY(%s)", [values]
 
 
 def _select_in(sql: str, values: list, *, after: list | None = None) -> list[tuple]:

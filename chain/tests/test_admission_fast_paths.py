@@ -188,3 +188,14 @@ def test_the_mempool_bound_counts_exactly_near_the_limit(chain: ChainHarness, mo
     chain.submit(transfer(dave, 0, bob.address, 1))
     refuse = chain.post(transfer(dave, 1, bob.address, 1))
     assert refuse.status_code == 503 and refuse.json()["error"]["code"] == "mempool_full"
+
+
+@pytest.mark.parametrize("odd", ['with "quotes"', "back\\slash", "", "NULL", "a,b", "{x}"])
+def test_set_lookups_take_any_value(chain: ChainHarness, odd: str) -> None:
+    """The array literal written for PostgreSQL must neither drop, merge nor null a value."""
+    alice = chain.keys.alice.address
+    sql = "SELECT address FROM chain_account WHERE address {in}"
+    assert services._select_in(sql, [odd, alice]) == [(alice,)]
+    assert services._select_in(sql, [odd]) == []
+    nonces = services._select_in("SELECT nonce FROM chain_account WHERE nonce {in}", [0, 2**53 - 1])
+    assert len(nonces) == len(chain.genesis["allocations"])
