@@ -1077,7 +1077,9 @@ def block_commit(*, body: dict[str, Any], commit: dict[str, Any], checked: bool 
             i: (st, h) for i, st, h in _rows_in(f"SELECT id, status, height FROM {_TX_TABLE} WHERE id IN ", ids)
         }
         # A pending transaction of this node with the sender and nonce of one in the block lost the race.
-        pairs = {(c.sender, c.nonce) for c in checked}
+        # Admission keeps one pending transaction per sender and nonce, so only the block's
+        # transactions not pending here can have lost one: in the usual block there are none.
+        pairs = {(c.sender, c.nonce) for c in checked if present.get(c.id, ("", None))[0] != Transaction.PENDING}
         id_set = set(ids)
         nonces = tuple({n for _s, n in pairs})
         # Narrowed by nonce too when there are few distinct nonces (the usual block): a sender's

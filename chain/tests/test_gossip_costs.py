@@ -195,3 +195,49 @@ def test_a_block_copy_of_an_admitted_transaction_in_other_json_types_is_checked_
     with pytest.raises(services.BlockInvalid, match="malformed"):
         services.block_check(variant)
     assert checks == [1]
+
+
+def test_a_block_with_another_transaction_of_a_pending_sender_and_nonce_rejects_the_pending_one(chain) -> None:
+    """Found without reading the pending queue when every block transaction is pending here: only one
+    not pending here can share a sender and nonce with a pending one (admission allows one per pair)."""
+    from chain import services
+    from chain.models import ChainState, Transaction
+    from chain.protocol import block as proto_block
+    from chain.protocol.tx import build_transaction, tx_id
+
+    alice, bob, carol = chain.keys.funded[:3]
+
+    def transfer(sender, nonce: int, to) -> dict:
+        return build_transaction(
+            sender,
+            chain_id=chain.genesis["chain_id"],
+            type="transfer",
+            nonce=nonce,
+            fee=chain.params["min_fee"],
+            payload={"to": to.address, "amount": 7},
+        )
+
+    mine, theirs, bobs = transfer(alice, 0, bob), transfer(alice, 0, carol), transfer(bob, 0, carol)
+    results = services.mempool_admit(
+        txs=[mine, bobs], chain_id=chain.genesis["chain_id"], min_fee=chain.params["min_fee"]
+    )
+    assert [r.error for r in results] == [None, None]
+    state = ChainState.objects.get()
+    ids = [tx_id(theirs), tx_id(bobs)]
+    header = proto_block.block_header(
+        chain_id=state.chain_id,
+        height=state.height + 1,
+        prev_id=state.latest_block_id,
+        time_ms=int(state.latest_block_time.timestamp() * 1000) + 1000,
+        proposer=chain.keys.validator.address,
+        tx_ids=ids,
+    )
+    block_id = proto_block.block_id(header)
+    commit = proto_block.make_commit(
+        chain.keys.validator, chain_id=state.chain_id, height=header["height"], round=0, block_id=block_id
+    )
+    services.block_commit(body={"header": header, "txs": [theirs, bobs], "evidence": []}, commit=commit)
+
+    status = dict(Transaction.objects.values_list("id", "status"))
+    assert status == {ids[0]: "committed", ids[1]: "committed", tx_id(mine): "rejected"}
+    assert Transaction.objects.get(id=tx_id(mine)).error_code == "duplicate"
