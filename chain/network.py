@@ -463,6 +463,7 @@ class ConsensusDriver:
         self.stack_logged_at = 0.0
         self.last_commit_messages: list[str] = []
         self.lock_height: int | None = None  # the height of the lock saved by this process, if any
+        self.min_fee: int | None = None
         self.decided_at: float = time.time()
         self.height = 0
         self._stop = threading.Event()
@@ -850,9 +851,10 @@ class ConsensusDriver:
             batches.append((peer, txs, text))
         if not batches:
             return
-        state = ChainState.objects.get(singleton=1)
+        if self.min_fee is None:  # a genesis parameter: read once
+            self.min_fee = ChainState.objects.get(singleton=1).params["min_fee"]
         every = [tx for _peer, txs, _text in batches for tx in txs]
-        results = mempool_admit(txs=every, chain_id=state.chain_id, min_fee=state.params["min_fee"])
+        results = mempool_admit(txs=every, chain_id=self.chain_id, min_fee=self.min_fee)
         start = 0
         for peer, txs, text in batches:
             mine = results[start : start + len(txs)]
@@ -871,9 +873,10 @@ class ConsensusDriver:
                 continue
             # All of a message fresh (the usual case): relayed as it came, so the nodes that got it
             # already drop the copy by its digest instead of parsing and checking it again.
-            if len(fresh) < len(txs) or text is None:
-                text = json.dumps({"type": "txs", "txs": fresh}, ensure_ascii=False)
-            self._send_txs(text, exclude=peer)
+            if len(fresh) == len(txs) and text is not None:
+                self.gossip.broadcast(text, exclude=peer)  # its digest is marked seen already
+            else:
+                self._send_txs(json.dumps({"type": "txs", "txs": fresh}, ensure_ascii=False), exclude=peer)
 
     def _consensus_message(self, peer: Peer | None, message: dict, text: str | None = None) -> None:
         state = self.height_state
