@@ -97,6 +97,14 @@ DOMAIN_PROPOSAL = domain_tag("proposal")
 # copies its other peers send without parsing megabytes (see ``ConsensusDriver._stale_block``).
 BLOCK_PREFIX = '{"type": "block", "height": '
 TX_ADMIT_BATCH = 5000  # gossiped transactions admitted in one database transaction
+# A txs message is relayed as it came only if no longer than its transactions could honestly
+# be (a transaction's JSON is under 1 KiB): padding must not ride on a relay to every peer.
+RELAY_CHARS_PER_TX = 1024
+# What a relayed proposal or vote carries: the fields its author sends, nothing a peer added.
+RELAY_FIELDS = {
+    "proposal": ("type", "proposal", "block", "proposer", "signature"),
+    "vote": ("type", "vote", "validator", "signature"),
+}
 
 
 # -- the validator's guarded key ---------------------------------------------------------------
@@ -452,7 +460,7 @@ class ConsensusDriver:
         self.seen_lock = threading.Lock()  # RPC threads mark the frames they send as seen
         self.gossip = Gossip(self, peers)
         self.height_state: HeightState | None = None
-        self.future: list[tuple[Peer | None, dict, str | None]] = []
+        self.future: list[tuple[Peer | None, dict]] = []
         self.thread = threading.Thread(target=self._run, name="consensus", daemon=True)
         # Gossiped transactions are admitted on their own thread, as RPC submissions are on theirs:
         # thousands of signatures queued ahead of a proposal would otherwise outlast its timeout.
@@ -688,11 +696,11 @@ class ConsensusDriver:
         if state is None:
             return
         keep = []
-        for peer, message, text in self.future:
+        for peer, message in self.future:
             if message.get("height_hint", 0) > state.height:
-                keep.append((peer, message, text))
+                keep.append((peer, message))
             else:
-                self._consensus_message(peer, message, text)
+                self._consensus_message(peer, message)
         self.future = keep[-5000:]
 
     def _do(self, outputs: list) -> None:
@@ -802,7 +810,7 @@ class ConsensusDriver:
             except queue.Full:
                 self.gossip.counters["dropped_txs"] += 1
         elif kind in ("proposal", "vote"):
-            self._consensus_message(peer, message, text)
+            self._consensus_message(peer, message)
         elif kind == "block":
             self._on_block(peer, message, text)
         elif kind == "evidence":
@@ -873,12 +881,12 @@ class ConsensusDriver:
                 continue
             # All of a message fresh (the usual case): relayed as it came, so the nodes that got it
             # already drop the copy by its digest instead of parsing and checking it again.
-            if len(fresh) == len(txs) and text is not None:
+            if len(fresh) == len(txs) and text is not None and len(text) <= 64 + RELAY_CHARS_PER_TX * len(txs):
                 self.gossip.broadcast(text, exclude=peer)  # its digest is marked seen already
             else:
                 self._send_txs(json.dumps({"type": "txs", "txs": fresh}, ensure_ascii=False), exclude=peer)
 
-    def _consensus_message(self, peer: Peer | None, message: dict, text: str | None = None) -> None:
+    def _consensus_message(self, peer: Peer | None, message: dict) -> None:
         state = self.height_state
         try:
             if message["type"] == "proposal":
@@ -898,7 +906,7 @@ class ConsensusDriver:
         if item.height > state.height or not state.started:
             if item.height <= state.height + 1:
                 if len(self.future) < FUTURE_MAX:
-                    self.future.append((peer, dict(message, height_hint=item.height), text))
+                    self.future.append((peer, dict(message, height_hint=item.height)))
                 else:
                     self.gossip.counters["dropped_future"] += 1
             if peer is not None and item.height > state.height:
@@ -913,14 +921,13 @@ class ConsensusDriver:
             tally = state.votes.get((item.round, item.step))
             accepted = tally is not None and tally.votes.get(item.validator) is item
         if accepted:
-            # Relay what we accepted, so a partially connected network still hears it. Only the
-            # first accepted text of a proposal or vote travels on (variants of its text are
-            # duplicates here and stop), and as it came: the nodes that had it from its author
-            # drop the relayed copy by its digest, unparsed.
-            if text is None:
-                relay = {k: v for k, v in message.items() if k != "height_hint"}
-                text = canonical_json(relay).decode("utf-8")
-            self.gossip.broadcast(text, exclude=peer)
+            # Relay what we accepted, so a partially connected network still hears it: only the
+            # first accepted copy of a proposal or vote (variants of it are duplicates here and
+            # stop), with its author's fields only, encoded as its author encodes it, so an
+            # honest copy is the author's text to the byte and the nodes that had it from its
+            # author drop the relay by its digest, unparsed.
+            relay = {k: message[k] for k in RELAY_FIELDS[message["type"]] if k in message}
+            self.gossip.broadcast(json.dumps(relay, ensure_ascii=False), exclude=peer)
         self._do(outputs)
 
     def _authentic(self, peer: Peer, item: Proposal | Vote, state: HeightState) -> bool:

@@ -241,3 +241,50 @@ def test_a_block_with_another_transaction_of_a_pending_sender_and_nonce_rejects_
     status = dict(Transaction.objects.values_list("id", "status"))
     assert status == {ids[0]: "committed", ids[1]: "committed", tx_id(mine): "rejected"}
     assert Transaction.objects.get(id=tx_id(mine)).error_code == "duplicate"
+
+
+def test_a_relayed_vote_carries_its_authors_fields_in_its_authors_encoding() -> None:
+    """Whitespace or fields a peer added do not travel on: an honest copy is the author's text to the byte."""
+    keys = [Key(bytes([i]) * 32) for i in range(1, 5)]
+    node = gossip_node()
+    node.height_state = height_state(keys)
+    relayed = connect(node, "out-y", "out", "node-y")
+    connect(node, "in-x", "in", "node-x")
+    vote = signed_vote(keys[1], 1, "prevote", "ab" * 32)
+    authors_text = json.dumps(vote.message(CHAIN), ensure_ascii=False)
+    padded = json.loads(authors_text) | {"padding": "x" * 10_000}
+    node._consensus_message(node.gossip.peers["in-x"], padded)
+    assert relayed == [authors_text]
+
+
+def test_a_padded_txs_message_is_relayed_re_encoded_and_an_honest_one_as_it_came(chain) -> None:
+    from chain.protocol.tx import build_transaction
+
+    node = ConsensusDriver(
+        chain_id=chain.genesis["chain_id"],
+        genesis_id="00" * 32,
+        key=None,
+        peers=[],
+        block_time_ms=1000,
+        rpc_url="http://127.0.0.1:9",
+        run_consensus=False,
+    )
+    relayed = connect(node, "out-y", "out", "node-y")
+    connect(node, "in-x", "in", "node-x")
+    source = node.gossip.peers["in-x"]
+    alice, bob = chain.keys.funded[:2]
+    txs = [
+        build_transaction(
+            alice,
+            chain_id=chain.genesis["chain_id"],
+            type="transfer",
+            nonce=n,
+            fee=chain.params["min_fee"],
+            payload={"to": bob.address, "amount": 3},
+        )
+        for n in range(2)
+    ]
+    honest = json.dumps({"type": "txs", "txs": [txs[0]]}, ensure_ascii=False)
+    padded = '{"type": "txs", "txs": ' + json.dumps([txs[1]], ensure_ascii=False) + " " * 5000 + "}"
+    node._admit_gossiped([(source, json.loads(honest), honest), (source, json.loads(padded), padded)])
+    assert relayed == [honest, json.dumps({"type": "txs", "txs": [txs[1]]}, ensure_ascii=False)]
