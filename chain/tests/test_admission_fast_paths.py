@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chain import services
-from chain.models import Block, ChainState, Transaction
+from chain.models import Account, Block, ChainState, Transaction
 from chain.protocol.encoding import parse_strict
 from chain.protocol.errors import ProtocolError
 from chain.protocol.tx import PAYLOAD_FIELDS, checked_sign_bytes, sign_bytes
@@ -199,3 +199,16 @@ def test_set_lookups_take_any_value(chain: ChainHarness, odd: str) -> None:
     assert services._select_in(sql, [odd]) == []
     nonces = services._select_in("SELECT nonce FROM chain_account WHERE nonce {in}", [0, 2**53 - 1])
     assert len(nonces) == len(chain.genesis["allocations"])
+
+
+def test_a_pending_transaction_behind_its_account_nonce_is_rejected_stale(chain: ChainHarness) -> None:
+    """Its nonce was used by another way in (a peer's block, say): the next block marks it, reading the index."""
+    alice, bob = chain.keys.alice, chain.keys.bob
+    stale = chain.submit(transfer(alice, 0, bob.address, 1))
+    ready = chain.submit(transfer(bob, 0, alice.address, 1))
+    Account.objects.filter(address=alice.address).update(nonce=1)
+    block = chain.produce()
+    assert block.tx_ids == [ready]
+    row = Transaction.objects.get(id=stale)
+    assert (row.status, row.height, row.error_code) == (Transaction.REJECTED, None, "bad_nonce")
+    assert Transaction.objects.get(id=ready).status == Transaction.COMMITTED
