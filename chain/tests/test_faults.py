@@ -290,6 +290,8 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
             for node in net.nodes:
                 if pid_alive(node.pid):
                     os.kill(node.pid, signal.SIGCONT)
+            # Nodes a test restarted are in sessions of their own, out of the devnet's reach.
+            net.stop_all()
 
 
 @pytest.fixture(scope="module")
