@@ -8,8 +8,9 @@ triggers never run concurrently. Messages are deduplicated by the SHA-256 of
 their text, capped in size, and a peer that sends malformed or
 invalid ones loses score and, past a threshold, its connection for a while.
 
-Message types (JSON text frames): ``hello`` (chain id, genesis id, node id,
-height), ``status`` (height), ``txs`` (transactions admitted by the sender),
+Message types (JSON text frames): ``hello`` (chain id, genesis id, node id, its
+key, height, a challenge) and ``auth`` (the proof of a node id over the other
+side's challenge, ``chain/handshake.py``), ``status`` (height), ``txs`` (transactions admitted by the sender),
 ``proposal``, ``vote``, ``block`` (a decided block with its commit),
 ``evidence``. See ``docs/protocol.md``.
 """
@@ -36,6 +37,7 @@ from typing import Any
 import requests
 from django.db import close_old_connections
 
+from chain import handshake
 from chain.consensus import (
     Broadcast,
     Decide,
@@ -81,6 +83,7 @@ PENALTY = {
     "no_type": 20,
     "unknown_type": 5,
     "other_chain": 200,
+    "bad_hello": 200,
     "malformed_consensus": 20,
     "non_validator": 10,
     "not_proposer": 20,
@@ -225,7 +228,7 @@ class Peer:
     direction: str  # "in" or "out"
     url: str = ""
     rpc_url: str = ""
-    node_id: str = ""
+    node_id: str = ""  # set once the peer proved it (chain.handshake); "" until then
     height: int = 0
     score: int = 0
     connected_at: float = field(default_factory=time.time)
@@ -236,6 +239,9 @@ class Peer:
     handled: int = 0
     scored_at: float = field(default_factory=time.monotonic)
     sync_after: float = 0.0
+    challenge: str = ""  # the challenge this side sent it, which its proof must sign
+    claimed: tuple[str, str] | None = None  # (node_id, pubkey) an inbound peer's hello claimed
+    hello: dict | None = None  # that hello, acted on once the peer proves the id
     messages: RateBucket = field(default_factory=lambda: RateBucket(PEER_MESSAGES_PER_S, PEER_MESSAGE_BURST))
     traffic: RateBucket = field(default_factory=lambda: RateBucket(PEER_BYTES_PER_S, PEER_BYTE_BURST))
 
@@ -303,7 +309,8 @@ class Gossip:
                     self.add(peer)
                     sender: asyncio.Task | None = None
                     try:
-                        await ws.send(self.driver.hello_text())
+                        peer.challenge = handshake.new_challenge()
+                        await ws.send(self.driver.hello_text(challenge=peer.challenge))
                         sender = asyncio.create_task(self._pump(ws, outbox))
                         async for frame in ws:
                             if isinstance(frame, bytes):
@@ -399,9 +406,8 @@ class Gossip:
 
         Two nodes that list each other are connected twice (each dials the other); the
         frame goes over one of them, the connection this node dialed, as every copy costs
-        both ends a websocket frame and a digest. A node's name in its hello proves
-        nothing, so without a dialed connection to it every inbound one claiming it gets
-        the frame: an impostor cannot cut a node off by claiming its name first.
+        both ends a websocket frame and a digest. A connection whose node id is not
+        proven yet (its handshake under way) gets every frame.
         """
         with self.lock:
             peers = list(self.peers.values())
@@ -447,7 +453,9 @@ class ConsensusDriver:
         self.rpc_url = rpc_url
         self.run_consensus = run_consensus
         self.key = key
-        self.node_id = key.address if key is not None else f"node-{secrets.token_hex(6)}"
+        # A node proves its id to its peers with this key: its validator key, or one made now.
+        self.identity = key if key is not None else Key.generate()
+        self.node_id = self.identity.address
         self.signer = DbSigner(key, double_sign=double_sign) if key is not None else None
         self.block_time_ms = block_time_ms
         self.timeouts = Timeouts(
@@ -510,18 +518,26 @@ class ConsensusDriver:
             stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no frame)"
             logger.error("consensus thread busy for %.0f s; it is at:\n%s", stuck_for, stack)
 
-    def hello_text(self) -> str:
+    def hello_text(self, *, challenge: str, answer_to: str | None = None) -> str:
+        """This node's hello, carrying ``challenge`` for the peer to sign and, when answering
+        a peer's hello, the proof of this node's id over that peer's challenge ``answer_to``."""
         # Called from the dialer's event loop, where the ORM may not run: the height is cached.
-        height = self.height
-        return json.dumps(
-            {
-                "type": "hello",
-                "chain_id": self.chain_id,
-                "genesis_id": self.genesis_id,
-                "node_id": self.node_id,
-                "height": height,
-            }
-        )
+        hello = {
+            "type": "hello",
+            "chain_id": self.chain_id,
+            "genesis_id": self.genesis_id,
+            "node_id": self.node_id,
+            "pubkey": self.identity.pubkey_hex,
+            "height": self.height,
+            "rpc_url": self.rpc_url,
+            "challenge": challenge,
+        }
+        if answer_to is not None:
+            hello["proof"] = self._prove(answer_to)
+        return json.dumps(hello)
+
+    def _prove(self, challenge: str) -> str:
+        return handshake.prove(self.identity, chain_id=self.chain_id, genesis_id=self.genesis_id, challenge=challenge)
 
     def broadcast_txs(self, txs: list[dict]) -> None:
         """Gossip transactions this node admitted (called after the admission committed)."""
@@ -800,6 +816,8 @@ class ConsensusDriver:
                 self.seen.pop(digest, None)
         if kind == "hello":
             self._on_hello(peer, message)
+        elif kind == "auth":
+            self._on_auth(peer, message)
         elif kind == "status":
             if type(message.get("height")) is int:
                 peer.height = max(peer.height, message["height"])
@@ -822,24 +840,73 @@ class ConsensusDriver:
             self.gossip.penalize(peer, PENALTY["unknown_type"], f"unknown message type {kind[:40]!r}")
 
     def _on_hello(self, peer: Peer, message: dict) -> None:
+        """A peer's hello (chain.handshake): answered with ours if it dialed us, checked against
+        our challenge if we dialed it. Its node id counts only once its proof checks."""
         if message.get("chain_id") != self.chain_id or message.get("genesis_id") != self.genesis_id:
             self.gossip.penalize(peer, PENALTY["other_chain"], "hello from another chain")
             return
-        node_id = message.get("node_id")
-        if type(node_id) is not str or not node_id or node_id == self.node_id:
+        identity = handshake.claimed_identity(message)
+        challenge = message.get("challenge")
+        if identity is None or not handshake.well_formed_challenge(challenge) or peer.claimed is not None:
+            self.gossip.penalize(peer, PENALTY["bad_hello"], "a hello without a node id, key and challenge that agree")
+            return
+        node_id, pubkey = identity
+        if node_id == self.node_id or self.gossip.is_banned(node_id):
+            if node_id != self.node_id:
+                self.gossip.counters["refused"] += 1
             self.gossip.disconnect(peer)
             return
+        peer.claimed, peer.hello = identity, message
+        if peer.direction == "in":
+            peer.challenge = handshake.new_challenge()
+            peer.send(self.hello_text(challenge=peer.challenge, answer_to=challenge))
+            return
+        # We dialed it: its hello answers ours, with its proof over our challenge.
+        proven = handshake.proof_valid(
+            message.get("proof"),
+            pubkey=pubkey,
+            node_id=node_id,
+            chain_id=self.chain_id,
+            genesis_id=self.genesis_id,
+            challenge=peer.challenge,
+        )
+        if not proven:
+            self.gossip.penalize(peer, PENALTY["bad_hello"], f"a hello whose proof of {node_id} does not verify")
+            return
+        peer.send(json.dumps({"type": "auth", "proof": self._prove(challenge)}))
+        self._identified(peer)
+
+    def _on_auth(self, peer: Peer, message: dict) -> None:
+        """The proof of an inbound peer's id, over the challenge our hello sent it."""
+        if peer.direction != "in" or peer.claimed is None or peer.node_id:
+            self.gossip.penalize(peer, PENALTY["bad_hello"], "an auth out of turn")
+            return
+        node_id, pubkey = peer.claimed
+        proven = handshake.proof_valid(
+            message.get("proof"),
+            pubkey=pubkey,
+            node_id=node_id,
+            chain_id=self.chain_id,
+            genesis_id=self.genesis_id,
+            challenge=peer.challenge,
+        )
+        if not proven:
+            self.gossip.penalize(peer, PENALTY["bad_hello"], f"an auth whose proof of {node_id} does not verify")
+            return
+        self._identified(peer)
+
+    def _identified(self, peer: Peer) -> None:
+        node_id, _pubkey = peer.claimed
         if self.gossip.is_banned(node_id):
             self.gossip.counters["refused"] += 1
             self.gossip.disconnect(peer)
             return
         peer.node_id = node_id
-        if type(message.get("rpc_url")) is str and message["rpc_url"].startswith(("http://", "https://")):
-            peer.rpc_url = message["rpc_url"].rstrip("/")
-        if type(message.get("height")) is int:
-            peer.height = message["height"]
-        if peer.direction == "in":
-            peer.send(self.hello_text())
+        hello = peer.hello or {}
+        if type(hello.get("rpc_url")) is str and hello["rpc_url"].startswith(("http://", "https://")):
+            peer.rpc_url = hello["rpc_url"].rstrip("/")
+        if type(hello.get("height")) is int:
+            peer.height = max(peer.height, hello["height"])
         self._maybe_sync(peer)
 
     def _on_txs(self, peer: Peer, message: dict, text: str | None = None) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import websockets
 
+from chain import handshake
 from chain.network import INBOX_MAX, MAX_MESSAGE_BYTES, PEER_MESSAGE_BURST
 from chain.protocol.block import sign_vote, vote_body
 from chain.protocol.keys import Key
@@ -51,17 +52,19 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
 class Attacker:
     """One hostile connection to a node's ``/p2p/``, after an honest-looking handshake."""
 
-    def __init__(self, devnet: Devnet, index: int = 0, **hello: Any) -> None:
+    def __init__(self, devnet: Devnet, index: int = 0, key: Key | None = None, **hello: Any) -> None:
         self.node = devnet.nodes[index]
         status = self.node.status()
         self.chain_id, self.genesis_id = status["chain_id"], status["genesis_id"]
-        self.key = Key.generate()
+        self.key = key or Key.generate()
         self.hello = {
             "type": "hello",
             "chain_id": self.chain_id,
             "genesis_id": self.genesis_id,
             "node_id": self.key.address,
+            "pubkey": self.key.pubkey_hex,
             "height": status["height"],
+            "challenge": handshake.new_challenge(),
         } | hello
         self.url = self.node.rpc_url.replace("http://", "ws://") + "/p2p/"
         self.validators = [v["address"] for v in status["validators"]]
@@ -105,6 +108,18 @@ class Attacker:
             await ws.send(json.dumps(self.hello))
             answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
             assert answer["type"] == "hello" and answer["chain_id"] == self.chain_id, answer
+            # The node proved its id over our challenge; we prove ours (the attacker's own key) over its.
+            assert handshake.proof_valid(
+                answer["proof"],
+                pubkey=answer["pubkey"],
+                node_id=answer["node_id"],
+                chain_id=self.chain_id,
+                genesis_id=self.genesis_id,
+                challenge=self.hello["challenge"],
+            )
+            ours = {"chain_id": self.chain_id, "genesis_id": self.genesis_id, "challenge": answer["challenge"]}
+            proof = handshake.prove(self.key, **ours)
+            await ws.send(json.dumps({"type": "auth", "proof": proof}))
             reader = asyncio.create_task(self._read(ws, received))
             try:
                 for frame in frames(self):
@@ -153,7 +168,7 @@ def assert_banned(
     assert why in log, f"no log line saying {why!r}"
     assert f"({attacker.key.address}) disconnected and refused" in log
     # The ban holds: the same node id is refused at once on a new connection.
-    again = Attacker(devnet, attacker.node.index, node_id=attacker.key.address)
+    again = Attacker(devnet, attacker.node.index, key=attacker.key)
     with pytest.raises((websockets.ConnectionClosed, AssertionError, TimeoutError)):
         again.run(lambda a: iter(()), wait=0)
 
@@ -364,6 +379,22 @@ def test_a_flood_faster_than_the_node_reads_does_not_grow_its_memory(devnet: Dev
     assert outcome["closed"], f"still connected after {outcome['sent']} frames"
     grown = resident_bytes(node.pid) - before
     assert grown < sent_bytes // 3, f"the node grew by {grown} bytes while {outcome['sent']} frames arrived"
+
+
+def test_a_peer_claiming_a_validators_id_without_its_key_is_cut_off_and_the_validator_is_not(
+    devnet: Devnet, live: None
+) -> None:
+    node, victim = devnet.nodes[0], devnet.nodes[1]
+    pubkey = next(v["pubkey"] for v in node.status()["validators"] if v["address"] == victim.address)
+    impostor = Attacker(devnet, node.index, node_id=victim.address, pubkey=pubkey)
+    # Its auth is its own key's proof: it cannot sign as the validator.
+    outcome = impostor.run(lambda a: iter([a.vote(height=a.consensus_height(), round_=0)]))
+    assert outcome["closed"]
+    assert f"an auth whose proof of {victim.address} does not verify" in log_text(node)
+    # Nothing was held against the validator's id: still connected, clean score, not refused.
+    peers = [p for p in node.status()["peers"] if p["node_id"] == victim.address]
+    assert peers and all(p["score"] == 0 for p in peers), node.status()["peers"]
+    assert f"({victim.address}) disconnected and refused" not in log_text(node)
 
 
 def test_the_honest_validators_saw_no_difference(devnet: Devnet) -> None:
