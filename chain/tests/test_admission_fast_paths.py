@@ -10,8 +10,10 @@ and rebuilt if the head moved meanwhile.
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
+from django.db import connection
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,9 +21,9 @@ from chain import services
 from chain.models import Account, Block, ChainState, Transaction
 from chain.protocol.encoding import parse_strict
 from chain.protocol.errors import ProtocolError
-from chain.protocol.tx import PAYLOAD_FIELDS, checked_sign_bytes, sign_bytes
+from chain.protocol.tx import PAYLOAD_FIELDS, checked_sign_bytes, sign_bytes, tx_id
 from chain.tests.harness import ChainHarness, replayed_state, stored_state
-from chain.tests.support import MIN_FEE, transfer
+from chain.tests.support import MIN_FEE, make_genesis, named_key, transfer
 
 
 @pytest.mark.parametrize(
@@ -212,3 +214,64 @@ def test_a_pending_transaction_behind_its_account_nonce_is_rejected_stale(chain:
     row = Transaction.objects.get(id=stale)
     assert (row.status, row.height, row.error_code) == (Transaction.REJECTED, None, "bad_nonce")
     assert Transaction.objects.get(id=ready).status == Transaction.COMMITTED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_batches_and_blocks_commit_each_admitted_transaction_once(chain_keys) -> None:
+    """Admissions from several threads (some submitting the same transactions) while blocks are produced:
+    the writers queue on the lock in this process and on the database's, nothing is admitted twice and
+    every admitted transaction ends in exactly one block."""
+    senders = [named_key(f"concurrent-{n}") for n in range(6)]
+    genesis = make_genesis(chain_keys, funded=senders)
+    services.genesis_load(genesis=genesis)
+    sink = chain_keys.bob.address
+    batches = [
+        [transfer(key, nonce, sink, 1 + nonce) for key in senders[2 * t : 2 * t + 2] for nonce in range(20)]
+        for t in range(3)
+    ]
+    batches.append(batches[0][:10] + batches[1][:10])  # the same transactions, raced by a fourth thread
+    results: list[list[services.AdmitResult]] = [[] for _ in batches]
+    done = threading.Event()
+
+    def admit(n: int) -> None:
+        try:
+            for start in range(0, len(batches[n]), 5):
+                results[n] += services.mempool_admit(
+                    txs=batches[n][start : start + 5], chain_id=genesis["chain_id"], min_fee=MIN_FEE
+                )
+        finally:
+            connection.close()
+
+    def produce() -> None:
+        try:
+            now = int(ChainState.objects.get().latest_block_time.timestamp() * 1000)
+            while not done.is_set():
+                now += genesis["params"]["block_time_ms"]
+                services.block_produce(key=chain_keys.validator, now_ms=now)
+        finally:
+            connection.close()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    admitters = [threading.Thread(target=admit, args=(n,)) for n in range(len(batches))]
+    for thread in admitters:
+        thread.start()
+    for thread in admitters:
+        thread.join()
+    done.set()
+    producer.join()
+    state = ChainState.objects.get()
+    now = int(state.latest_block_time.timestamp() * 1000)
+    while Transaction.objects.filter(status=Transaction.PENDING).exists():
+        now += genesis["params"]["block_time_ms"]
+        services.block_produce(key=chain_keys.validator, now_ms=now)
+
+    admitted = [r.id for rs in results for r in rs if r.error is None]
+    refused = [r.error.code for rs in results for r in rs if r.error is not None]
+    assert sorted(admitted) == sorted({tx_id(tx) for batch in batches[:3] for tx in batch})
+    assert refused == ["duplicate"] * 20
+    in_blocks = [i for ids in Block.objects.values_list("tx_ids", flat=True) for i in ids]
+    assert sorted(in_blocks) == sorted(admitted)
+    assert set(Transaction.objects.values_list("status", flat=True)) == {Transaction.COMMITTED}
+    assert sum(Account.objects.values_list("balance", flat=True)) == ChainState.objects.get().total_supply
+    assert stored_state() == replayed_state(genesis)
