@@ -633,7 +633,8 @@ class ProviderDaemon:
                 elif isinstance(item, Completion):
                     completion = item
                 elif item:
-                    self._send({"type": "chunk", "job_id": running.id, "index": len(chunks), "text": item})
+                    if running.request.stream:
+                        self._send({"type": "chunk", "job_id": running.id, "index": len(chunks), "text": item})
                     chunks.append(item)
         except asyncio.CancelledError:
             running.request.cancel.set()

@@ -83,6 +83,7 @@ def _generation(body: dict[str, Any], *, chat: bool) -> tuple[services.Generatio
         temperature=common.temperature(options.get("temperature"), 0.8),
         seed=common.seed(options.get("seed")),
         stop=common.stops(options.get("stop")),
+        stream=stream,
     )
     return generation, stream
 

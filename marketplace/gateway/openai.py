@@ -67,6 +67,7 @@ def _generation(body: dict[str, Any]) -> tuple[services.Generation, bool, bool]:
         temperature=common.temperature(body.get("temperature"), 1.0),
         seed=common.seed(body.get("seed")),
         stop=common.stops(body.get("stop")),
+        stream=bool(stream),
     )
     return generation, stream, bool(stream_options.get("include_usage"))
 

@@ -46,6 +46,7 @@ class Generation:
     temperature: float = 0.8
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    stream: bool = True  # the client reads the answer as it is produced
 
 
 def online_offers():
@@ -132,6 +133,8 @@ def gateway_submit(*, key: ApiKey, generation: Generation, api: str, client: Cha
         temperature_milli=max(0, round(generation.temperature * 1000)),
         seed=generation.seed,
         stop=list(generation.stop),
+        # An answer read whole needs no chunks: they would only take CPU from its inference.
+        stream=generation.stream,
     )
     client = client or chain.get_chain_client()
     prepared_at = time.monotonic()

@@ -39,6 +39,7 @@ class JobRequest:
     temperature_milli: int = 0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    stream: bool = True  # False: the provider sends no chunks, only the result (docs/marketplace.md)
 
     def options(self) -> dict[str, Any]:
         options: dict[str, Any] = {
@@ -48,6 +49,8 @@ class JobRequest:
         }
         if self.seed is not None:
             options["seed"] = self.seed
+        if not self.stream:
+            options["stream"] = False
         return options
 
 

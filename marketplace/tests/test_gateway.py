@@ -27,7 +27,7 @@ from aitbc_site.logredact import KeyRedactingFilter, redact_path, redact_text
 from aitbc_site.server import access_logger
 from marketplace.gateway import keys
 from marketplace.gateway.models import ApiKey, GatewayJob
-from marketplace.gateway.services import Generation
+from marketplace.gateway.services import Generation, gateway_submit
 from marketplace.gateway.streaming import Finished, GatewayStream, Token
 from marketplace.models import Deposit, Job
 from marketplace.tests.support import MODEL, close_layer
@@ -440,3 +440,14 @@ def test_a_client_gone_mid_answer_pays_for_what_was_produced(market, secret, cha
     assert job.state in (Job.COMPLETED, Job.SETTLED) and job.charge == charge
     deposit.refresh_from_db()
     assert (deposit.charged, deposit.reserved) == (charge, 0)
+
+
+def test_an_answer_read_whole_asks_its_provider_for_no_chunks(market, secret) -> None:
+    p1 = market.provider("p1")
+    key = keys.key_for_secret(secret)
+    whole = Generation(model=MODEL, job_input={"messages": PROMPT}, max_tokens=8, stream=False)
+    gateway_submit(key=key, generation=whole, api=GatewayJob.OPENAI)
+    assert job_of(p1)["options"]["stream"] is False
+    streamed = Generation(model=MODEL, job_input={"messages": PROMPT}, max_tokens=8)
+    gateway_submit(key=key, generation=streamed, api=GatewayJob.OPENAI)
+    assert "stream" not in job_of(p1)["options"]  # the JOB as before: chunks are the default

@@ -51,6 +51,8 @@ class GenerationRequest:
     temperature: float = 0.8
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    # False: the client takes the answer whole, so the daemon sends no chunks, only the result.
+    stream: bool = True
     # Set by the daemon on a cancel message or at shutdown; backends check it between chunks.
     cancel: threading.Event = field(default_factory=threading.Event)
 
@@ -84,6 +86,7 @@ class GenerationRequest:
         temperature_milli = options.get("temperature_milli", 800)
         seed = options.get("seed")
         stop = options.get("stop") or []
+        stream = options.get("stream", True)
         if type(max_tokens) is not int or max_tokens < 1:
             raise ValueError("options.max_tokens must be a positive integer")
         if type(temperature_milli) is not int or temperature_milli < 0:
@@ -92,6 +95,8 @@ class GenerationRequest:
             raise ValueError("options.seed must be an integer")
         if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
             raise ValueError("options.stop must be a list of non-empty strings")
+        if type(stream) is not bool:
+            raise ValueError("options.stream must be true or false")
         return cls(
             model=job["model"],
             messages=messages,
@@ -100,6 +105,7 @@ class GenerationRequest:
             temperature=temperature_milli / 1000,
             seed=seed,
             stop=list(stop),
+            stream=stream,
         )
 
 

@@ -88,6 +88,23 @@ def test_a_job_on_the_embedded_model_streams_in_order_and_returns_a_verifiable_r
     assert health["jobs_done"] == 1 and health["active_jobs"] == 0
 
 
+def test_a_job_read_whole_gets_its_result_and_no_chunks(coordinator, start_daemon, ollama_backend):
+    daemon = start_daemon(ollama_backend, concurrency=1)
+    coordinator.wait_for(lambda: coordinator.connected(daemon.address), what="the websocket")
+    job = make_job("whole", max_tokens=12, stream=False)
+    coordinator.dispatch(daemon.address, job)
+    outcome = result_of(coordinator, "whole")
+    assert outcome["type"] == "result" and outcome["output"], outcome
+    assert [m["type"] for m in coordinator.job_messages("whole")] == ["accepted", "result"]
+    receipt = verify_receipt({"receipt": outcome["receipt"], "signature": outcome["signature"]})
+    assert receipt["input_sha256"] == input_digest(
+        {"model": job["model"], "input": job["input"], "options": job["options"]}
+    )
+    coordinator.dispatch(daemon.address, make_job("bad-stream", stream="no"))
+    rejected = coordinator.wait_for(lambda: coordinator.job_messages("bad-stream", "rejected"))[0]
+    assert "options.stream" in rejected["reason"]
+
+
 def test_jobs_beyond_the_concurrency_are_rejected(coordinator, start_daemon, ollama, ollama_backend):
     ollama.token_delay = 0.02
     daemon = start_daemon(ollama_backend, concurrency=1)
