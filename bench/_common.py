@@ -84,3 +84,45 @@ def progress(items, total: int, what: str):
     from tqdm import tqdm
 
     return tqdm(items, total=total, desc=what, unit="tx", leave=False)
+
+
+def start_devnet(workdir: Path, args: list[str], env: dict[str, str], timeout: float = 300) -> tuple:
+    """``manage.py devnet <args>`` with its data in ``workdir/data``: (process, network.json) once written.
+
+    Output goes to ``workdir/devnet.log``; the process leads its own group (``stop_devnet``).
+    """
+    import json
+
+    with open(workdir / "devnet.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "devnet", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    network_file = workdir / "data" / "devnet" / "network.json"
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"devnet exited: {(workdir / 'devnet.log').read_text()[-3000:]}")
+        return network_file.exists()
+
+    wait_until(ready, timeout, 0.3, "the devnet's network.json")
+    return process, json.loads(network_file.read_text())
+
+
+def stop_devnet(process: subprocess.Popen, timeout: float = 90) -> None:
+    """SIGTERM (the devnet stops its parts), then the whole group if it does not end in time."""
+    import signal
+
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -32,9 +32,7 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -43,7 +41,16 @@ from datetime import datetime
 from pathlib import Path
 
 import requests
-from _common import ROOT, free_port_block, median, percentile, process_cpu_seconds, progress, wait_until
+from _common import (
+    free_port_block,
+    median,
+    percentile,
+    process_cpu_seconds,
+    progress,
+    start_devnet,
+    stop_devnet,
+    wait_until,
+)
 from ledger import raw_verify_rate
 
 from chain.protocol.keys import Key
@@ -94,39 +101,11 @@ class LogWatcher(threading.Thread):
         return max(self.final[index], default=0)
 
 
-def start_devnet(workdir: Path, port: int, block_time_ms: int) -> tuple[subprocess.Popen, dict]:
+def launch_devnet(workdir: Path, port: int, block_time_ms: int) -> tuple[subprocess.Popen, dict]:
     env = {name: os.environ[name] for name in INHERITED if name in os.environ}
     env.update({"AITBC_DATA_DIR": str(workdir / "data"), "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "INFO"})
-    argv = [sys.executable, "manage.py", "devnet", "--port", str(port), "--validators", "4"]
-    argv += ["--param", f"block_time_ms={block_time_ms}"]
-    with open(workdir / "devnet.log", "wb") as log:
-        process = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    network_file = workdir / "data" / "devnet" / "network.json"
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"devnet exited: {(workdir / 'devnet.log').read_text()[-3000:]}")
-        return network_file.exists()
-
-    wait_until(ready, 300, 0.3, "the devnet's network.json")
-    return process, json.loads(network_file.read_text())
-
-
-def stop_devnet(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    args = ["--port", str(port), "--validators", "4", "--param", f"block_time_ms={block_time_ms}"]
+    return start_devnet(workdir, args, env)
 
 
 def fund(nodes: list[dict], faucet: Key, chain_id: str, senders: list[Key], amount: int) -> None:
@@ -179,11 +158,11 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="aitbc-bench-network-"))
     port = free_port_block(51)
     print(f"starting a 4-validator devnet (block_time_ms={args.block_time_ms}) in {workdir} ...", flush=True)
-    devnet, network = start_devnet(workdir, port, args.block_time_ms)
+    devnet, network = launch_devnet(workdir, port, args.block_time_ms)
     try:
         result = run(network, args)
     finally:
-        stop_devnet(devnet)
+        stop_devnet(devnet, timeout=60)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     verify_after = raw_verify_rate()

@@ -73,7 +73,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from _common import ROOT, free_port_block, percentile, wait_until
+from _common import ROOT, free_port_block, percentile, start_devnet, stop_devnet, wait_until
 
 from chain.protocol.keys import Key
 from chain.protocol.tx import build_transaction, tx_id
@@ -189,42 +189,13 @@ def devnet_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-def start_devnet(workdir: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, dict, dict[str, str]]:
+def launch_devnet(workdir: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, dict, dict[str, str]]:
     env = devnet_env(workdir / "data")
     port = free_port_block(10 * max(args.validators, args.providers) + 20)
-    argv = [sys.executable, "manage.py", "devnet", "--port", str(port)]
-    argv += ["--validators", str(args.validators), "--providers", str(args.providers)]
-    argv += ["--param", f"block_time_ms={args.block_time_ms}"]
-    with open(workdir / "devnet.log", "wb") as log:
-        process = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    network_file = workdir / "data" / "devnet" / "network.json"
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"devnet exited: {(workdir / 'devnet.log').read_text()[-3000:]}")
-        return network_file.exists()
-
-    wait_until(ready, 400, 0.3, "the devnet's network.json")
-    return process, json.loads(network_file.read_text()), env
-
-
-def stop_devnet(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(90)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    devnet_args = ["--port", str(port), "--validators", str(args.validators), "--providers", str(args.providers)]
+    devnet_args += ["--param", f"block_time_ms={args.block_time_ms}"]
+    process, network = start_devnet(workdir, devnet_args, env, timeout=400)
+    return process, network, env
 
 
 # -- shared records -----------------------------------------------------------------------------
@@ -1347,7 +1318,7 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="aitbc-soak-"))
     print(f"starting a {args.validators}-validator devnet with {args.providers} providers in {workdir} ...", flush=True)
-    devnet, network, env = start_devnet(workdir, args)
+    devnet, network, env = launch_devnet(workdir, args)
     soak = None
     problems: list[str] = []
     try:

@@ -850,7 +850,7 @@ class ConsensusDriver:
         if identity is None or not handshake.well_formed_challenge(challenge) or peer.claimed is not None:
             self.gossip.penalize(peer, PENALTY["bad_hello"], "a hello without a node id, key and challenge that agree")
             return
-        node_id, pubkey = identity
+        node_id = identity[0]
         if node_id == self.node_id or self.gossip.is_banned(node_id):
             if node_id != self.node_id:
                 self.gossip.counters["refused"] += 1
@@ -862,15 +862,7 @@ class ConsensusDriver:
             peer.send(self.hello_text(challenge=peer.challenge, answer_to=challenge))
             return
         # We dialed it: its hello answers ours, with its proof over our challenge.
-        proven = handshake.proof_valid(
-            message.get("proof"),
-            pubkey=pubkey,
-            node_id=node_id,
-            chain_id=self.chain_id,
-            genesis_id=self.genesis_id,
-            challenge=peer.challenge,
-        )
-        if not proven:
+        if not self._proven(peer, message.get("proof")):
             self.gossip.penalize(peer, PENALTY["bad_hello"], f"a hello whose proof of {node_id} does not verify")
             return
         peer.send(json.dumps({"type": "auth", "proof": self._prove(challenge)}))
@@ -881,19 +873,23 @@ class ConsensusDriver:
         if peer.direction != "in" or peer.claimed is None or peer.node_id:
             self.gossip.penalize(peer, PENALTY["bad_hello"], "an auth out of turn")
             return
+        node_id, _pubkey = peer.claimed
+        if not self._proven(peer, message.get("proof")):
+            self.gossip.penalize(peer, PENALTY["bad_hello"], f"an auth whose proof of {node_id} does not verify")
+            return
+        self._identified(peer)
+
+    def _proven(self, peer: Peer, proof: Any) -> bool:
+        """Whether ``proof`` proves the id ``peer`` claimed, over the challenge we sent it."""
         node_id, pubkey = peer.claimed
-        proven = handshake.proof_valid(
-            message.get("proof"),
+        return handshake.proof_valid(
+            proof,
             pubkey=pubkey,
             node_id=node_id,
             chain_id=self.chain_id,
             genesis_id=self.genesis_id,
             challenge=peer.challenge,
         )
-        if not proven:
-            self.gossip.penalize(peer, PENALTY["bad_hello"], f"an auth whose proof of {node_id} does not verify")
-            return
-        self._identified(peer)
 
     def _identified(self, peer: Peer) -> None:
         node_id, _pubkey = peer.claimed
