@@ -955,6 +955,32 @@ def _rows_in(sql: str, values: list, *, suffix: str = "", extra: tuple = ()) -> 
     return rows
 
 
+def _apply_block_txs(
+    checked: list[CheckedTx],
+    *,
+    proposer: str,
+    validators: dict[str, tuple[str, int]],
+    height: int,
+    params: dict[str, Any],
+) -> tuple[LedgerView, dict[str, str], list[tuple[str, str, str]]]:
+    """A block's transactions applied to a view of the accounts they touch: the view, each
+    rejected transaction's code by id, and the rows of those rejections. ``BlockInvalid`` when
+    one cannot be included at all."""
+    candidates = [Candidate(c.id, c.sender, c.nonce, c.fee, c.type, c.payload, c.tx) for c in checked]
+    view = _load_view(candidates, proposer)
+    view.validators = validators
+    results: dict[str, str] = {}
+    rejected: list[tuple[str, str, str]] = []
+    for c in candidates:
+        outcome = _apply(view, c, height=height, proposer=proposer, params=params)
+        if not outcome.included:
+            raise BlockInvalid(f"block transaction {c.id} cannot be applied: {outcome.code}")
+        if outcome.code:
+            results[c.id] = outcome.code
+            rejected.append((outcome.code, outcome.message[:300], c.id))
+    return view, results, rejected
+
+
 def block_check(body: Any) -> str:
     """Every rule a proposed block must meet to be the next block; returns its id.
 
@@ -1011,18 +1037,9 @@ def block_check(body: Any) -> str:
             raise BlockInvalid(problem)
     if proto_block.tx_root([proto_block.evidence_id(e) for e in evidence]) != header["evidence_root"]:
         raise BlockInvalid("block evidence_root does not match its evidence")
-    candidates = [Candidate(c.id, c.sender, c.nonce, c.fee, c.type, c.payload, c.tx) for c in checked]
-    view = _load_view(candidates, header["proposer"])
-    view.validators = validators
-    results: dict[str, str] = {}
-    rejected: list[tuple[str, str, str]] = []
-    for c in candidates:
-        outcome = _apply(view, c, height=height, proposer=header["proposer"], params=state.params)
-        if not outcome.included:
-            raise BlockInvalid(f"block transaction {c.id} cannot be applied: {outcome.code}")
-        if outcome.code:
-            results[c.id] = outcome.code
-            rejected.append((outcome.code, outcome.message[:300], c.id))
+    view, results, rejected = _apply_block_txs(
+        checked, proposer=header["proposer"], validators=validators, height=height, params=state.params
+    )
     bid = proto_block.block_id(header)
     _checked_blocks.put(bid, _CheckedBlock(state.latest_block_id, checked, view, results, rejected))
     return bid
@@ -1153,18 +1170,13 @@ def block_commit(*, body: dict[str, Any], commit: dict[str, Any], checked: bool 
         if cached is not None:
             view, results, rejected = cached.view, cached.results, cached.rejected
         else:
-            candidates = [Candidate(c.id, c.sender, c.nonce, c.fee, c.type, c.payload, c.tx) for c in checked]
-            view = _load_view(candidates, header["proposer"])
-            view.validators = validator_set_at(height)
-            results = {}
-            rejected = []
-            for c in candidates:
-                outcome = _apply(view, c, height=height, proposer=header["proposer"], params=state.params)
-                if not outcome.included:
-                    raise BlockInvalid(f"transaction {c.id} cannot be applied")
-                if outcome.code:
-                    results[c.id] = outcome.code
-                    rejected.append((outcome.code, outcome.message[:300], c.id))
+            view, results, rejected = _apply_block_txs(
+                checked,
+                proposer=header["proposer"],
+                validators=validator_set_at(height),
+                height=height,
+                params=state.params,
+            )
         for item in body["evidence"]:
             _jail(item, height)
         return _store_block(state, header, bid, ids, results, commit, rejected, [], [], view, body["evidence"])
