@@ -218,3 +218,18 @@ def replay(genesis: dict[str, Any], blocks: list[StoredBlock], bodies: dict[str,
             )
     escrows = {escrow_id: escrow_fields(e) for escrow_id, e in view.escrows.items() if e is not None}
     return state_of({a: (b, n) for a, (b, n) in view.accounts.items()}, escrows)
+
+
+def gossip_node(chain_id: str):
+    """A follower's ``ConsensusDriver`` with no peers and no threads started, to feed frames to."""
+    from chain.network import ConsensusDriver
+
+    return ConsensusDriver(
+        chain_id=chain_id,
+        genesis_id="00" * 32,
+        key=None,
+        peers=[],
+        block_time_ms=1000,
+        rpc_url="http://127.0.0.1:9",
+        run_consensus=False,
+    )

@@ -288,17 +288,10 @@ frames = (
 
 @pytest.fixture
 def gossip_driver(chain):
-    from chain.network import ConsensusDriver, Peer
+    from chain.network import Peer
+    from chain.tests.support import gossip_node
 
-    node = ConsensusDriver(
-        chain_id=chain.genesis["chain_id"],
-        genesis_id="00" * 32,
-        key=None,
-        peers=[],
-        block_time_ms=1000,
-        rpc_url="http://127.0.0.1:9",
-        run_consensus=False,
-    )
+    node = gossip_node(chain.genesis["chain_id"])
     peer = Peer(id="in-fuzz", direction="in")
     peer.send = lambda text: None
     node.gossip.add(peer)

@@ -15,20 +15,9 @@ from chain.network import ConsensusDriver, Peer
 from chain.protocol.block import DOMAIN_VOTE, vote_body
 from chain.protocol.encoding import canonical_json
 from chain.protocol.keys import Key
+from chain.tests.support import gossip_node
 
 CHAIN = "aitbc-gossip-1"
-
-
-def gossip_node() -> ConsensusDriver:
-    return ConsensusDriver(
-        chain_id=CHAIN,
-        genesis_id="00" * 32,
-        key=None,
-        peers=[],
-        block_time_ms=1000,
-        rpc_url="http://127.0.0.1:9",
-        run_consensus=False,
-    )
 
 
 def connect(node: ConsensusDriver, name: str, direction: str, node_id: str = "") -> list[str]:
@@ -41,7 +30,7 @@ def connect(node: ConsensusDriver, name: str, direction: str, node_id: str = "")
 
 
 def test_a_frame_goes_once_to_a_node_connected_twice_over_the_connection_dialed() -> None:
-    node = gossip_node()
+    node = gossip_node(CHAIN)
     dialed_x = connect(node, "out-x", "out", "node-x")
     inbound_x = connect(node, "in-x", "in", "node-x")
     inbound_y = connect(node, "in-y", "in", "node-y")
@@ -52,7 +41,7 @@ def test_a_frame_goes_once_to_a_node_connected_twice_over_the_connection_dialed(
 
 def test_a_node_not_dialed_gets_the_frame_on_every_connection_claiming_it() -> None:
     """An impostor naming a node first must not cut that node off: a hello's node id proves nothing."""
-    node = gossip_node()
+    node = gossip_node(CHAIN)
     impostor = connect(node, "in-1", "in", "node-x")
     real = connect(node, "in-2", "in", "node-x")
     node.gossip.broadcast("frame")
@@ -60,7 +49,7 @@ def test_a_node_not_dialed_gets_the_frame_on_every_connection_claiming_it() -> N
 
 
 def test_nothing_goes_back_to_the_node_a_frame_came_from_on_any_of_its_connections() -> None:
-    node = gossip_node()
+    node = gossip_node(CHAIN)
     dialed_x = connect(node, "out-x", "out", "node-x")
     inbound_x = connect(node, "in-x", "in", "node-x")
     other = connect(node, "out-y", "out", "node-y")
@@ -70,7 +59,7 @@ def test_nothing_goes_back_to_the_node_a_frame_came_from_on_any_of_its_connectio
 
 
 def test_txs_frames_this_node_sends_are_dropped_when_relays_bring_them_back() -> None:
-    node = gossip_node()
+    node = gossip_node(CHAIN)
     sent = connect(node, "out-x", "out", "node-x")
     node.broadcast_txs([{"any": "transaction"}])
     assert len(sent) == 1
@@ -79,7 +68,7 @@ def test_txs_frames_this_node_sends_are_dropped_when_relays_bring_them_back() ->
 
 
 def test_a_block_of_a_height_the_node_has_is_dropped_before_it_is_parsed() -> None:
-    node = gossip_node()
+    node = gossip_node(CHAIN)
     connect(node, "out-x", "out", "node-x")
     peer = node.gossip.peers["out-x"]
     node.height = 7
@@ -246,7 +235,7 @@ def test_a_block_with_another_transaction_of_a_pending_sender_and_nonce_rejects_
 def test_a_relayed_vote_carries_its_authors_fields_in_its_authors_encoding() -> None:
     """Whitespace or fields a peer added do not travel on: an honest copy is the author's text to the byte."""
     keys = [Key(bytes([i]) * 32) for i in range(1, 5)]
-    node = gossip_node()
+    node = gossip_node(CHAIN)
     node.height_state = height_state(keys)
     relayed = connect(node, "out-y", "out", "node-y")
     connect(node, "in-x", "in", "node-x")
@@ -260,15 +249,7 @@ def test_a_relayed_vote_carries_its_authors_fields_in_its_authors_encoding() -> 
 def test_a_padded_txs_message_is_relayed_re_encoded_and_an_honest_one_as_it_came(chain) -> None:
     from chain.protocol.tx import build_transaction
 
-    node = ConsensusDriver(
-        chain_id=chain.genesis["chain_id"],
-        genesis_id="00" * 32,
-        key=None,
-        peers=[],
-        block_time_ms=1000,
-        rpc_url="http://127.0.0.1:9",
-        run_consensus=False,
-    )
+    node = gossip_node(chain.genesis["chain_id"])
     relayed = connect(node, "out-y", "out", "node-y")
     connect(node, "in-x", "in", "node-x")
     source = node.gossip.peers["in-x"]
