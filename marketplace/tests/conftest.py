@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 from django.test import Client
 
 from chain import services as chain_services
@@ -40,7 +41,8 @@ from wallet import keystore
 
 @pytest.fixture(autouse=True)
 def market_env(monkeypatch: pytest.MonkeyPatch, settings, tmp_path: Path) -> Path:
-    """An empty data directory, fast key derivations, no node from the environment, no throttling."""
+    """An empty data directory, fast key derivations, no node from the environment, no throttling,
+    and rate counters (in the cache) that start empty."""
     monkeypatch.setattr(keystore, "WRITE_PARAMS", FAST_KDF)
     monkeypatch.setattr(conf, "STATUS_MAX_AGE_S", 0.0)
     monkeypatch.setattr(conf, "PUBLIC_RATE", "100000/min")
@@ -48,6 +50,7 @@ def market_env(monkeypatch: pytest.MonkeyPatch, settings, tmp_path: Path) -> Pat
     data = tmp_path / "data"
     data.mkdir()
     settings.DATA_DIR = data
+    cache.clear()
     return data
 
 

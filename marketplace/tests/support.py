@@ -283,3 +283,8 @@ def wait_for_providers(url: str, count: int, timeout: float = 120) -> None:
         timeout=timeout,
         message=f"{count} providers online",
     )
+
+
+def bearer(secret: str) -> dict[str, str]:
+    """Django test client keywords sending ``secret`` (an API key or provider token) as a Bearer."""
+    return {"HTTP_AUTHORIZATION": f"Bearer {secret}"}

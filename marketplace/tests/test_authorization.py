@@ -14,7 +14,6 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django.test import Client
 
 from aitbc_site.asgi import application
@@ -23,7 +22,7 @@ from marketplace.gateway import keys
 from marketplace.gateway.models import ApiKey
 from marketplace.models import Deposit, Job, Provider
 from marketplace.services import dispatch
-from marketplace.tests.support import MODEL, close_layer, named_key
+from marketplace.tests.support import MODEL, bearer, close_layer, named_key
 from marketplace.tests.test_gateway import open_deposit
 
 JSON = "application/json"
@@ -31,15 +30,6 @@ JSON = "application/json"
 
 def post(client: Client, path: str, body: dict | None = None, **headers):
     return client.post(path, data=json.dumps(body or {}), content_type=JSON, **headers)
-
-
-def bearer(secret: str) -> dict[str, str]:
-    return {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
-
-
-@pytest.fixture(autouse=True)
-def fresh_rates():
-    cache.clear()
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import time
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django.core.management import call_command
 from django.test import Client
 
@@ -30,16 +29,11 @@ from marketplace.gateway.models import ApiKey, GatewayJob
 from marketplace.gateway.services import Generation, gateway_submit
 from marketplace.gateway.streaming import Finished, GatewayStream, Token
 from marketplace.models import Deposit, Job
-from marketplace.tests.support import MODEL, close_layer
+from marketplace.tests.support import MODEL, bearer, close_layer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 PROMPT = [{"role": "user", "content": "Hi"}]
-
-
-@pytest.fixture(autouse=True)
-def fresh_rates():
-    cache.clear()
 
 
 @pytest.fixture
@@ -66,10 +60,6 @@ def deposit_id(market, owner) -> str:
 @pytest.fixture
 def secret(owner, deposit_id) -> str:
     return keys.apikey_create(owner=owner, deposit_id=deposit_id, name="test").secret
-
-
-def bearer(secret: str) -> dict[str, str]:
-    return {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
 
 
 def post(client: Client, path: str, body: dict, secret: str | None = None):
