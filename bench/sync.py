@@ -28,28 +28,7 @@ from pathlib import Path
 
 import requests
 from _common import ROOT, free_port_block, manage, process_cpu_seconds, wait_until
-
-PG_ADMIN_URL = os.environ.get("AITBC_BENCH_PG_ADMIN", "postgres://postgres@127.0.0.1:5432/postgres")
-
-
-def database_env(kind: str, data_dir: Path, name: str) -> dict[str, str]:
-    env = {"AITBC_DATA_DIR": str(data_dir), "LOG_LEVEL": "INFO"}
-    if kind == "postgres":
-        import psycopg
-
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-            conn.execute(f'CREATE DATABASE "{name}"')
-        env["DATABASE_URL"] = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    return env
-
-
-def drop_database(kind: str, name: str) -> None:
-    if kind == "postgres":
-        import psycopg
-
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+from ledger import Database
 
 
 def block_ids(url: str, height: int) -> list[str]:
@@ -79,11 +58,14 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="aitbc-bench-sync-"))
-    names = {role: f"aitbc_bench_sync_{role}_{os.getpid()}" for role in ("source", "fresh")}
+    databases: dict[str, Database] = {}
     processes: list[subprocess.Popen] = []
     try:
-        source_env = database_env(args.database, work / "source", names["source"])
-        fresh_env = database_env(args.database, work / "fresh", names["fresh"])
+        for role in ("source", "fresh"):
+            databases[role] = Database(args.database, work, f"aitbc_bench_sync_{role}_{os.getpid()}")
+        # INFO: the new node's progress lines are what this benchmark shows.
+        source_env = databases["source"].env(work / "source") | {"LOG_LEVEL": "INFO"}
+        fresh_env = databases["fresh"].env(work / "fresh") | {"LOG_LEVEL": "INFO"}
         print(f"building {args.blocks} blocks of a 4-validator chain ({args.database}, in {work}) ...", flush=True)
         started = time.monotonic()
         built = subprocess.run(
@@ -159,8 +141,8 @@ def main() -> None:
                 process.wait(20)
             except subprocess.TimeoutExpired:
                 process.kill()
-        for name in names.values():
-            drop_database(args.database, name)
+        for database in databases.values():
+            database.drop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
