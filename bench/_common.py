@@ -77,6 +77,36 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, its live descendants, and the children it has reaped.
+
+    A node runs helper processes (its transaction check processes): their CPU is the node's.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    own: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        own[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    total = (int(fields[13]) + int(fields[14])) / ticks
+    tree = {pid}
+    grew = True
+    while grew:
+        grew = False
+        for child, parent in parents.items():
+            if parent in tree and child not in tree:
+                tree.add(child)
+                grew = True
+    return total + sum(own.get(member, 0.0) for member in tree)
+
+
 def progress(items, total: int, what: str):
     """``items`` with a progress bar on a terminal (tqdm); plain iteration otherwise."""
     if not sys.stderr.isatty():

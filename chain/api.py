@@ -105,13 +105,10 @@ class BatchView(NodeView):
     )
     def post(self, request: Request) -> Response:
         state = self.state()
-        txs = self.body(request)
-        if not isinstance(txs, list):
-            raise ProtocolError("malformed", "a batch is a JSON list of transactions")
-        if len(txs) > services.MAX_BATCH:
-            raise ProtocolError("malformed", f"a batch holds at most {services.MAX_BATCH} transactions, got {len(txs)}")
-        results = services.mempool_admit(txs=txs, chain_id=state.chain_id, min_fee=state.params["min_fee"])
-        _gossip([tx for tx, r in zip(txs, results, strict=True) if r.error is None])
+        results, admitted = services.batch_admit(
+            body=request.body, chain_id=state.chain_id, min_fee=state.params["min_fee"]
+        )
+        _gossip(admitted)
         return Response([r.as_dict() for r in results])
 
 

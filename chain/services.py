@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +29,7 @@ from django.utils import timezone
 from aitbc_site.events import EVENTS_GROUP, send_event_on_commit
 from chain.ledger import EscrowState, LedgerView, Outcome, apply_transaction, check_escrow_rules
 from chain.models import Account, Block, ChainState, Escrow, Evidence, Transaction, Validator, ValidatorApproval
+from chain.protocol import batch
 from chain.protocol import block as proto_block
 from chain.protocol.errors import ProtocolError
 from chain.protocol.keys import Key
@@ -170,6 +173,22 @@ def mempool_admit(*, txs: list[Any], chain_id: str, min_fee: int, verified: bool
             structured.append((index, check_transaction(raw, chain_id=chain_id, min_fee=0, verify_signature=False)))
         except ProtocolError as exc:
             results[index] = AdmitResult(error=exc)
+    return _admit_structured(results, structured, min_fee=min_fee, verified=verified)
+
+
+def _admit_structured(
+    results: list[AdmitResult | None],
+    structured: list[tuple[int, CheckedTx]],
+    *,
+    min_fee: int,
+    verified: bool = False,
+    valid: dict[int, bool] | None = None,
+) -> list[AdmitResult]:
+    """The rest of admission for transactions that passed the stateless checks.
+
+    ``valid`` holds signature checks already made (by index), for a caller that made
+    them elsewhere (``batch_admit``); without it they are made here unless ``verified``.
+    """
     if not verified and structured:
         # Gossip brings back transactions this node already holds: answer those as
         # duplicates without paying for their signatures again.
@@ -187,9 +206,14 @@ def mempool_admit(*, txs: list[Any], chain_id: str, min_fee: int, verified: bool
                         error=ProtocolError("duplicate", f"transaction {c.id} is already known")
                     )
             structured = [(i, c) for i, c in structured if c.id not in known]
-    valid = [True] * len(structured) if verified else verify_signatures([c for _i, c in structured])
+    if verified:
+        flags = [True] * len(structured)
+    elif valid is not None:
+        flags = [valid[index] for index, _c in structured]
+    else:
+        flags = verify_signatures([c for _i, c in structured])
     checked: list[tuple[int, CheckedTx]] = []
-    for (index, c), ok in zip(structured, valid, strict=True):
+    for (index, c), ok in zip(structured, flags, strict=True):
         if not ok:
             results[index] = AdmitResult(error=ProtocolError("bad_signature", "the signature does not verify"))
         elif c.fee < min_fee:
@@ -203,6 +227,87 @@ def mempool_admit(*, txs: list[Any], chain_id: str, min_fee: int, verified: bool
         for index, result in admitted:
             results[index] = result
     return results  # type: ignore[return-value]
+
+
+def batch_admit(*, body: bytes, chain_id: str, min_fee: int) -> tuple[list[AdmitResult], list[dict[str, Any]]]:
+    """Admit a submitted batch body: one result per transaction, and the admitted ones' wire forms.
+
+    A large batch's stateless checks and signatures run in the check processes
+    (``start_check_processes``), one batch per process, so that they neither wait for
+    nor slow down the ledger work this process does under the interpreter lock. A
+    body that is not a batch raises ``ProtocolError`` (``malformed``).
+    """
+    pool = _check_pool if len(body) >= _POOL_FROM_BYTES else None
+    entries: list[batch.Entry] | None = None
+    if pool is not None:
+        try:
+            entries = pool.submit(batch.check_batch, body, chain_id, MAX_BATCH).result()
+        except BrokenProcessPool:
+            # A check process died (killed, out of memory): this batch is checked here,
+            # and the pool is replaced for the next one.
+            logger.warning("a transaction check process died; restarting the check processes")
+            _restart_check_pool()
+    if entries is None:
+        txs = batch.parse_batch(body, MAX_BATCH)
+        results = mempool_admit(txs=txs, chain_id=chain_id, min_fee=min_fee)
+        return results, [tx for tx, r in zip(txs, results, strict=True) if r.error is None]
+    results: list[AdmitResult | None] = [None] * len(entries)
+    structured: list[tuple[int, CheckedTx]] = []
+    valid: dict[int, bool] = {}
+    for index, entry in enumerate(entries):
+        if isinstance(entry, ProtocolError):
+            results[index] = AdmitResult(error=entry)
+        else:
+            structured.append((index, entry[0]))
+            valid[index] = entry[1]
+    by_index = dict(structured)
+    done = _admit_structured(results, structured, min_fee=min_fee, valid=valid)
+    return done, [by_index[i].tx for i, r in enumerate(done) if r.error is None]
+
+
+# Bodies from this size (about 150 transactions) are checked in the check processes;
+# below it the hand-off costs more than it saves.
+_POOL_FROM_BYTES = 64 * 1024
+_check_pool: ProcessPoolExecutor | None = None
+_check_workers = 0
+
+
+def start_check_processes(workers: int | None = None) -> int:
+    """Start the processes that check submitted batches (the node calls this); returns their number.
+
+    None means one per core; fewer than two cores, or 0, means none: batches are then
+    checked in this process, as they are in any process that never calls this.
+    """
+    global _check_pool, _check_workers
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if workers < 1 or (os.cpu_count() or 1) < 2:
+        return 0
+    _check_workers = workers
+    # Spawned, not forked: this process runs threads (the server, block production)
+    # whose locks a fork would copy mid-use. The children import only chain.protocol.
+    _check_pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    # Started now, so the first batch does not wait for interpreters to boot.
+    for future in [_check_pool.submit(batch.parse_batch, b"[]", 0) for _ in range(workers)]:
+        future.result()
+    return workers
+
+
+def stop_check_processes() -> None:
+    global _check_pool
+    pool, _check_pool = _check_pool, None
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _restart_check_pool() -> None:
+    global _check_pool
+    broken, _check_pool = _check_pool, None
+    if broken is not None:
+        broken.shutdown(wait=False, cancel_futures=True)
+    try:
+        start_check_processes(_check_workers)
+    except Exception:
+        logger.exception("could not restart the transaction check processes; checking batches in-process")
 
 
 _write_lock = threading.Lock()

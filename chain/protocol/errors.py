@@ -34,6 +34,10 @@ class ProtocolError(Exception):
         self.code = code
         self.message = message
 
+    def __reduce__(self):
+        # Rebuilt from its code and message when it crosses a process boundary (pickle).
+        return (type(self), (self.code, self.message))
+
     @property
     def status(self) -> int:
         return HTTP_STATUS[self.code]

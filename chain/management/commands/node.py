@@ -46,6 +46,12 @@ class Command(BaseCommand):
         parser.add_argument("--public-url", help="this node's RPC URL as peers reach it (default http://HOST:PORT)")
         parser.add_argument("--host", default=settings.HOST)
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8006)))
+        parser.add_argument(
+            "--check-processes",
+            type=int,
+            default=None,
+            help="processes checking large submitted batches (default: one per core; 0: check in the node)",
+        )
 
     def handle(self, *args, **options) -> None:
         try:
@@ -95,6 +101,10 @@ class Command(BaseCommand):
         )
         set_driver(driver)
 
+        from chain.services import start_check_processes, stop_check_processes
+
+        start_check_processes(options["check_processes"])
+
         # A node allocates tens of thousands of small objects per block; with the default
         # thresholds the cyclic collector keeps rescanning them. Freeze what start-up
         # made and collect the young generation less often.
@@ -110,6 +120,7 @@ class Command(BaseCommand):
         def on_stop() -> None:
             node.stop_producer()
             driver.stop()
+            stop_check_processes()
 
         if settings.EMBEDDED:
             # A node's only tasks are beat's (the consensus tick and the head watcher, once a

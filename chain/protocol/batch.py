@@ -1,0 +1,48 @@
+"""The stateless half of admitting a submitted batch, as one call a worker process can make.
+
+A node spends most of a batch's admission on work that needs no ledger state: the
+strict parse, the field and address checks, the canonical bytes and the signature.
+``check_batch`` does all of it for one request body and returns what the stateful half
+(``chain.services``) needs, so a node can run it in other processes, one per core,
+outside the interpreter lock its database work holds. Pure code: no Django.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chain.protocol.encoding import parse_strict
+from chain.protocol.errors import ProtocolError
+from chain.protocol.tx import Transaction, check_transaction, signature_valid
+
+# One entry per transaction of the batch, in order: the error that refused it, or its
+# checked form and whether its signature verifies (the fee and the ledger are checked
+# by the caller, after it has answered transactions it already holds as duplicates).
+Entry = ProtocolError | tuple[Transaction, bool]
+
+
+def parse_batch(body: bytes, max_batch: int) -> list[Any]:
+    """The transactions of a batch body, or ``malformed`` naming what is wrong with it."""
+    txs = parse_strict(body)
+    if not isinstance(txs, list):
+        raise ProtocolError("malformed", "a batch is a JSON list of transactions")
+    if len(txs) > max_batch:
+        raise ProtocolError("malformed", f"a batch holds at most {max_batch} transactions, got {len(txs)}")
+    return txs
+
+
+def check_batch(body: bytes, chain_id: str, max_batch: int) -> list[Entry]:
+    """Parse a batch body and run each transaction's stateless checks and signature check.
+
+    Raises ``ProtocolError`` when the body is not a batch (``parse_batch``).
+    """
+    entries: list[Entry] = []
+    for raw in parse_batch(body, max_batch):
+        try:
+            # The fee is the caller's to check, after the signature, as the protocol orders them.
+            checked = check_transaction(raw, chain_id=chain_id, min_fee=0, verify_signature=False)
+        except ProtocolError as exc:
+            entries.append(exc)
+            continue
+        entries.append((checked, signature_valid(checked)))
+    return entries
