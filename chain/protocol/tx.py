@@ -49,10 +49,14 @@ class Transaction:
 
     @property
     def spend(self) -> int:
-        """What the sender's balance must cover: the fee and what the type moves."""
-        if self.type in ("transfer", "escrow_lock"):
-            return self.fee + self.payload["amount"]
-        return self.fee
+        return spend_of(self.type, self.fee, self.payload)
+
+
+def spend_of(kind: str, fee: int, payload: dict[str, Any]) -> int:
+    """What the sender's balance must cover: the fee and what the type moves."""
+    if kind in ("transfer", "escrow_lock"):
+        return fee + payload["amount"]
+    return fee
 
 
 def unsigned(tx: dict[str, Any]) -> dict[str, Any]:
