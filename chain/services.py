@@ -418,9 +418,12 @@ def _admit_locked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, Admit
         for chunk in _chunks(escrow_ids):
             for e in Escrow.objects.filter(id__in=chunk):
                 escrows[e.id] = escrow_state(e)
-            for escrow_id, tx_type, body in Transaction.objects.filter(
-                escrow__in=chunk, status=Transaction.PENDING
-            ).values_list("escrow", "type", "body"):
+            # The exclude states the partial index's condition so the planner may use it.
+            for escrow_id, tx_type, body in (
+                Transaction.objects.filter(escrow__in=chunk, status=Transaction.PENDING)
+                .exclude(escrow="")
+                .values_list("escrow", "type", "body")
+            ):
                 if tx_type == "escrow_pay":
                     pending_pays[escrow_id] += json.loads(body)["payload"]["amount"]
             pending_locks.update(
