@@ -154,7 +154,6 @@ class Transaction(models.Model):
         # indexes lose their entries and nothing else moves.
         indexes = [
             models.Index(fields=["seq"], condition=Q(status="pending"), name="tx_pending_seq"),
-            models.Index(fields=["sender", "nonce"], name="tx_sender_nonce"),
             # Only admission reads by escrow, and only pending pays and refunds: most rows
             # (transfers, committed transactions) stay out of this index.
             models.Index(fields=["escrow"], condition=Q(status="pending") & ~Q(escrow=""), name="tx_pending_escrow"),

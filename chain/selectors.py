@@ -163,8 +163,9 @@ def pending_transactions(limit: int = 25) -> list[dict[str, Any]]:
 def account_transactions(address: str, limit: int = 50) -> list[dict[str, Any]]:
     """Transactions sent by ``address`` or paying it (transfers and escrow payments), newest first.
 
-    Sent ones come from the (sender, nonce) index; received ones are found in the bodies,
-    which scans the table: fine for an explorer page, not for a hot path.
+    Received ones are found in the bodies, which scans the table: fine for an explorer
+    page, not for a hot path (an index on the sender would not spare the scan, and would
+    cost every admission and every block an index update per transaction).
     """
     decode_address(address)
     received = f'"to":"{address}"'
