@@ -200,6 +200,42 @@ def test_live_node_answers_rejection_codes_over_http(spawn, node_files: NodeFile
     assert_error(node.post(SUBMIT, lock), "timeout_too_short")
 
 
+def _children_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each child process of ``pid`` (Linux /proc)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    found = {}
+    for child in map(int, children):
+        try:
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[child] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
+def test_live_node_checks_a_large_batch_in_its_check_processes(spawn, node_files: NodeFiles, chain_keys: Keys):
+    node = start_node(spawn, node_files)
+    alice, bob, carol = chain_keys.alice, chain_keys.bob, chain_keys.carol
+    before = _children_cpu(node.spawned.process.pid)
+    assert len(before) >= 2, f"the node runs no check processes: children {before}"
+    txs = [transfer(key, n, bob.address, 1, memo="x" * 200) for key in (alice, carol) for n in range(NONCE_WINDOW + 1)]
+    bad = transfer(bob, 0, alice.address, 1, memo="y" * 200)
+    batch = [*txs, bad | {"memo": "changed"}, txs[0], {"nonce": 1}]
+    body = json.dumps(batch).encode()
+    assert len(body) >= 64 * 1024
+    response = node.post(BATCH, body)
+    assert response.status_code == 200, response.text
+    results = response.json()
+    assert [r["id"] for r in results[: len(txs)]] == [tx_id(tx) for tx in txs]
+    assert [r["error"]["code"] for r in results[len(txs) :]] == ["bad_signature", "duplicate", "malformed"]
+    after = _children_cpu(node.spawned.process.pid)
+    assert any(after.get(pid, 0.0) > cpu for pid, cpu in before.items()), (before, after)
+    node.wait_committed(results[len(txs) - 1]["id"])
+    node.wait_committed(results[NONCE_WINDOW]["id"])
+    for key in (alice, carol):
+        assert node.get(f"/v1/chain/accounts/{key.address}").json()["nonce"] == NONCE_WINDOW + 1
+
+
 # -- genesis at start-up ----------------------------------------------------------------------
 
 
