@@ -14,6 +14,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.utils import timezone
 
 from aitbc_site.errors import ApiError
 from chain.protocol.encoding import parse_strict
@@ -66,8 +67,11 @@ class ProviderConsumer(AsyncJsonWebsocketConsumer):
         if self.address is None:
             await self._hello(content)
             return
+        received_at = timezone.now()  # an accepted job started when its message arrived, not when it was applied
         try:
-            await database_sync_to_async(messages.provider_message)(provider=self.address, message=content)
+            await database_sync_to_async(messages.provider_message)(
+                provider=self.address, message=content, received_at=received_at
+            )
         except ApiError as exc:
             job_id = content.get("job_id") if isinstance(content, dict) else None
             await self.send_json({"type": "error", "job_id": job_id, "error": exc.as_dict()["error"]})

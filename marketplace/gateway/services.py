@@ -4,9 +4,9 @@ A request's job goes through the marketplace like any other (``jobs.job_submit``
 key's deposit, matching, dispatch, receipts, settlement). The gateway chooses its
 ``max_price``: the worst case (``max_tokens`` and the input estimate) at the cheapest
 online offer for the model, so the deposit must cover that up front or the request is
-refused before anything is reserved. It then dispatches the job at once in the request's
-thread (the kick enqueued on commit finds it assigned already), which saves a round trip
-through the task queue.
+refused before anything is reserved. The job is assigned in the transaction that creates
+it when a provider has a free slot, so its JOB is the first thing sent on commit, with no
+round trip through the task queue.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def gateway_submit(*, key: ApiKey, generation: Generation, api: str, client: Cha
     model = generation.model
     if not key.allows_model(model):
         raise ApiError(f"this API key may not use model '{model}'", code="model_not_allowed", status=403)
-    offers = list(online_offers().filter(model=model))
+    offers = list(matching.online_offers(model))
     if not offers:
         raise model_not_found(model)
     estimate = matching.estimate_input_tokens(generation.job_input)
@@ -153,15 +153,19 @@ def gateway_submit(*, key: ApiKey, generation: Generation, api: str, client: Cha
                         f"and this request may cost up to {max_price}",
                         "spending_cap_reached",
                     )
+            # Assigned in this transaction if a provider has a free slot: its JOB leaves on commit.
             job = jobs.job_submit(
-                owner=key.owner, request=request, payment=jobs.Payment(deposit=deposit.pk), client=client
+                owner=key.owner,
+                request=request,
+                payment=jobs.Payment(deposit=deposit.pk),
+                client=client,
+                offers=offers,
+                assign=True,
+                savepoint=False,  # any error ends this transaction
             ).job
+            submitted_at = time.monotonic()
             GatewayJob.objects.create(job=job, key=key, api=api)
             touch(key)
-            submitted_at = time.monotonic()
-            # Dispatched here rather than by the task queue (its kick, after commit, finds the job assigned).
-            dispatch.job_assign(job_id=job.pk)
-            assigned_at = time.monotonic()
     except ChainUnavailable as exc:
         logger.warning("chain node unavailable: %s", exc)
         raise ApiError("the chain node is unavailable; try again later", code="node_unavailable", status=503) from None
@@ -180,7 +184,6 @@ def gateway_submit(*, key: ApiKey, generation: Generation, api: str, client: Cha
     job.gateway_timings = {
         "prepared": prepared_at,
         "job_submitted": submitted_at,
-        "assigned": assigned_at,
         "committed": time.monotonic(),
     }
     return job

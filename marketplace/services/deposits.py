@@ -123,7 +123,12 @@ def release(*, job: Job) -> None:
 
 
 def job_charged(*, job: Job, charge: int) -> None:
-    """A deposit job completed: release its reservation, owe ``charge``, maybe pay a batch."""
+    """A deposit job completed: release its reservation and owe ``charge``; a batch may be due after.
+
+    The payout check runs once this commits, after the client's answer has gone: a crash
+    in between loses nothing, since the job stays owed (``completed``, no payout) and
+    ``deposits_sweep`` pays owed charges and moves closing deposits along.
+    """
     Deposit.objects.filter(pk=job.deposit_id).update(
         reserved=F("reserved") - job.max_price, charged=F("charged") + charge
     )
@@ -131,8 +136,15 @@ def job_charged(*, job: Job, charge: int) -> None:
         history.transition(
             job, to=Job.SETTLED, from_states=(Job.COMPLETED,), reason="nothing to pay", settled_at=timezone.now()
         )
-    payout_batch(deposit_id=job.deposit_id)
-    _finalize_if_closing(job.deposit_id)
+    deposit_id = job.deposit_id
+    transaction.on_commit(lambda: deposit_payout_due(deposit_id=deposit_id), robust=True)
+
+
+def deposit_payout_due(*, deposit_id: str) -> None:
+    """Pay the deposit's batch if one is due, and finish closing it if that was its last job."""
+    with transaction.atomic():
+        payout_batch(deposit_id=deposit_id)
+        _finalize_if_closing(deposit_id)
 
 
 def payout_batch(*, deposit_id: str, force: bool = False) -> list[DepositPayout]:

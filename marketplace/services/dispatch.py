@@ -15,7 +15,7 @@ paid: the one whose receipt is accepted (``settlement``).
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
@@ -39,9 +39,8 @@ class NotAssigned(ApiError):
 
 def lock_job(job_id: str) -> Job | None:
     """Lock a job (and first its deposit, per the models' lock order); None if there is none."""
-    deposit_id = Job.objects.filter(pk=job_id).values_list("deposit_id", flat=True).first()
-    if deposit_id:
-        list(Deposit.objects.select_for_update().filter(pk=deposit_id))
+    # The deposit is found through the job and locked in one query; a job's deposit never changes.
+    list(Deposit.objects.select_for_update(of=("self",)).filter(jobs__pk=job_id).values_list("pk", flat=True))
     return Job.objects.select_for_update().filter(pk=job_id).first()
 
 
@@ -65,14 +64,63 @@ def _push(address: str, message: dict[str, Any]) -> None:
     send_event_on_commit(provider_group(address), message)
 
 
+def take_slot(candidates: list[matching.Candidate], *, now: datetime, recheck_online: bool = False):
+    """Take a slot of the first candidate that still has one; that candidate, or None.
+
+    Each try is a conditional UPDATE (``active < concurrency``), so concurrent dispatchers
+    never overfill an offer. ``recheck_online``: the candidates were read before the
+    caller's transaction, so the provider's presence is checked again by the UPDATE.
+    """
+    for candidate in candidates:
+        offers = Offer.objects.filter(pk=candidate.offer.pk, withdrawn=False, active__lt=F("concurrency"))
+        if recheck_online:
+            offers = offers.filter(provider__online=True, provider__last_seen_at__gte=matching.online_since(now))
+        if offers.update(active=F("active") + 1):
+            return candidate
+        # Otherwise another dispatcher took its last slot first.
+    return None
+
+
+def assignment(job: Job, offer: Offer, *, now: datetime) -> dict[str, Any]:
+    """The job's fields once assigned to ``offer`` (whose provider is loaded)."""
+    pushed = offer.provider.ws_connections > 0
+    return {
+        "provider": offer.provider,
+        "offer": offer,
+        "input_price": offer.input_price,
+        "output_price": offer.output_price,
+        "context_length": offer.context_length,
+        "attempts": job.attempts + 1,
+        "assigned_at": now,
+        "started_at": None,
+        "accept_by": now + timedelta(seconds=conf.ACCEPT_TIMEOUT_S),
+        "deadline_at": min(now + timedelta(seconds=conf.RUN_TIMEOUT_S), job.expires_at),
+        # A websocket gets the push; a long poll hands the job over when it claims it.
+        "delivered_at": now if pushed else None,
+    }
+
+
+def assignment_reason(offer: Offer, attempt: int) -> str:
+    return f"assigned to {offer.provider.name} (attempt {attempt})"
+
+
+def push_job(job: Job) -> None:
+    """Send the JOB to its provider once the assignment commits."""
+    _push(job.provider_id, {"type": "job", "job": job_wire(job)})
+
+
 def job_assign(*, job_id: str) -> str | None:
     """Give a funded job to the best eligible provider; its address, or None if none can take it now."""
+    # Most calls are kicks for jobs assigned already (the gateway assigns its own): a read
+    # says so without waiting for the write lock.
+    if not Job.objects.filter(pk=job_id, state=Job.FUNDED).exists():
+        return None
     with transaction.atomic():
         job = lock_job(job_id)
         now = timezone.now()
         if job is None or job.state != Job.FUNDED or job.expires_at <= now:
             return None
-        tried = list(JobAttempt.objects.filter(job=job).values_list("provider_id", flat=True))
+        tried = list(JobAttempt.objects.filter(job=job).values_list("provider_id", flat=True)) if job.attempts else []
         candidates = matching.eligible_offers(
             model=job.model,
             max_price=job.max_price,
@@ -81,37 +129,21 @@ def job_assign(*, job_id: str) -> str | None:
             exclude=tried,
             now=now,
         )
-        for candidate in candidates:
-            offer = candidate.offer
-            took_slot = Offer.objects.filter(pk=offer.pk, withdrawn=False, active__lt=F("concurrency")).update(
-                active=F("active") + 1
-            )
-            if not took_slot:
-                continue  # another dispatcher took its last slot first
-            provider = offer.provider
-            pushed = provider.ws_connections > 0
-            JobAttempt.objects.create(job=job, provider=provider, number=job.attempts + 1, assigned_at=now)
-            history.transition(
-                job,
-                to=Job.ASSIGNED,
-                from_states=(Job.FUNDED,),
-                reason=f"assigned to {provider.name} (attempt {job.attempts + 1})",
-                provider=provider,
-                offer=offer,
-                input_price=offer.input_price,
-                output_price=offer.output_price,
-                context_length=offer.context_length,
-                attempts=job.attempts + 1,
-                assigned_at=now,
-                started_at=None,
-                accept_by=now + timedelta(seconds=conf.ACCEPT_TIMEOUT_S),
-                deadline_at=min(now + timedelta(seconds=conf.RUN_TIMEOUT_S), job.expires_at),
-                # A websocket gets the push; a long poll hands the job over when it claims it.
-                delivered_at=now if pushed else None,
-            )
-            _push(provider.address, {"type": "job", "job": job_wire(job)})
-            return provider.address
-    return None
+        taken = take_slot(candidates, now=now)
+        if taken is None:
+            return None
+        offer = taken.offer
+        fields = assignment(job, offer, now=now)
+        JobAttempt.objects.create(job=job, provider=offer.provider, number=fields["attempts"], assigned_at=now)
+        history.transition(
+            job,
+            to=Job.ASSIGNED,
+            from_states=(Job.FUNDED,),
+            reason=assignment_reason(offer, fields["attempts"]),
+            **fields,
+        )
+        push_job(job)
+        return offer.provider_id
 
 
 def dispatch_pending(*, limit: int = 500) -> int:
@@ -159,16 +191,26 @@ def _held_by(job: Job | None, provider: str, states: tuple[str, ...]) -> Job:
     return job
 
 
-def provider_accepted(*, provider: str, job_id: str) -> None:
+def provider_accepted(*, provider: str, job_id: str, at: datetime | None = None) -> str:
+    """The provider started the job (``at``: when its message arrived); the job's state.
+
+    The inference starts as the provider sends this, and the coordinator's work here
+    competes with it for the CPU: one conditional UPDATE moves the job (it holds no other
+    lock while it does, so it needs none of the deposit's), and its attempt and history follow.
+    """
+    at = at or timezone.now()
     with transaction.atomic():
-        job = lock_job(job_id)
-        if job is not None and job.provider_id == provider and job.state == Job.RUNNING:
-            return  # said twice
-        job = _held_by(job, provider, (Job.ASSIGNED,))
-        JobAttempt.objects.filter(job=job, provider_id=provider).update(state=JobAttempt.RUNNING)
-        history.transition(
-            job, to=Job.RUNNING, from_states=(Job.ASSIGNED,), reason="accepted", started_at=timezone.now()
+        moved = Job.objects.filter(pk=job_id, provider_id=provider, state=Job.ASSIGNED).update(
+            state=Job.RUNNING, reason="accepted", started_at=at, updated_at=timezone.now()
         )
+        job = Job.objects.filter(pk=job_id).only("id", "owner_id", "model", "state", "provider_id").first()
+        if not moved:
+            if job is not None and job.provider_id == provider and job.state == Job.RUNNING:
+                return job.state  # said twice
+            _held_by(job, provider, (Job.ASSIGNED,))
+        JobAttempt.objects.filter(job_id=job_id, provider_id=provider).update(state=JobAttempt.RUNNING)
+        history.record(job, Job.RUNNING, "accepted", provider=provider, at=at)
+        return Job.RUNNING
 
 
 def provider_rejected(*, provider: str, job_id: str, reason: str) -> None:

@@ -6,6 +6,7 @@ that lost a race (two workers, a late provider message) changes nothing and says
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.utils import timezone
@@ -14,10 +15,26 @@ from aitbc_site.events import EVENTS_GROUP, send_event_on_commit, user_group
 from marketplace.models import Job, JobEvent
 
 
-def record(job: Job, state: str, reason: str = "", *, provider: str = "") -> None:
+def record(job: Job, state: str, reason: str = "", *, provider: str = "", at: datetime | None = None) -> None:
     """Add a line to the job's history (and tell its owner) without changing its state."""
-    JobEvent.objects.create(job=job, state=state, reason=reason[:300], provider=provider, at=timezone.now())
+    JobEvent.objects.create(job=job, state=state, reason=reason[:300], provider=provider, at=at or timezone.now())
     _announce(job, state, reason)
+
+
+def record_created(job: Job, steps: list[tuple[str, str]], *, provider: str = "") -> None:
+    """A job created in its current state went through ``steps`` (state, reason) on the way there.
+
+    Its history gets every step, its owner and the public feed hear of the last one only:
+    the steps before it were never visible outside the creating transaction.
+    """
+    now = timezone.now()
+    events = [JobEvent(job=job, state=state, reason=reason[:300], at=now) for state, reason in steps]
+    *earlier, last = events
+    if earlier:
+        JobEvent.objects.bulk_create(earlier)
+    last.provider = provider
+    last.save()  # saved alone: post_save listeners (dispatch metrics) see the step that matters
+    _announce(job, last.state, last.reason)
 
 
 def transition(job: Job, *, to: str, from_states: tuple[str, ...], reason: str = "", **fields: Any) -> bool:

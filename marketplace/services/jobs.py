@@ -24,8 +24,8 @@ from aitbc_site.errors import ApiError
 from chain.client import ChainClient
 from chain.protocol.tx import tx_id
 from marketplace import chain, conf, kicks
-from marketplace.models import Job, JobAttempt, OutboxTx, Provider, new_job_id
-from marketplace.services import deposits, history, matching, outbox, payments
+from marketplace.models import Job, JobAttempt, Offer, OutboxTx, Provider, new_job_id
+from marketplace.services import deposits, dispatch, history, matching, outbox, payments
 from marketplace.services.dispatch import lock_job, push_cancel, release_slot
 from marketplace.services.settlement import refund_job
 
@@ -81,21 +81,34 @@ def hash_job_token(token: str) -> str:
 
 
 def job_submit(
-    *, owner: AbstractBaseUser | None, request: JobRequest, payment: Payment, client: ChainClient | None = None
+    *,
+    owner: AbstractBaseUser | None,
+    request: JobRequest,
+    payment: Payment,
+    client: ChainClient | None = None,
+    offers: list[Offer] | None = None,
+    assign: bool = False,
+    savepoint: bool = True,
 ) -> SubmittedJob:
-    """Accept a job and its payment; see the module's docstring."""
+    """Accept a job and its payment; see the module's docstring.
+
+    ``offers``: the online offers for the model (providers loaded), read by the caller
+    already. ``assign``: a job paid from a deposit goes to a provider with a free slot
+    in the same transaction, its JOB pushed first thing after the commit (else it waits
+    ``funded`` for dispatch). ``savepoint=False``: inside a caller's transaction that ends
+    on any error, no savepoint is taken (two statements fewer).
+    """
     client = client or chain.get_chain_client()
     anonymous = owner is None or not owner.is_authenticated
     if anonymous and payment.kind != Job.ESCROW:
         raise ApiError("paying with a stored wallet or a deposit needs a login", code="not_authenticated", status=403)
     estimate = matching.estimate_input_tokens(request.job_input)
-    if not matching.eligible_offers(
-        model=request.model,
-        max_price=request.max_price,
-        input_tokens=estimate,
-        max_tokens=request.max_tokens,
-        require_capacity=False,
-    ):
+    limits = {"max_price": request.max_price, "input_tokens": estimate, "max_tokens": request.max_tokens}
+    if offers is None:
+        candidates = matching.eligible_offers(model=request.model, require_capacity=False, **limits)
+    else:
+        candidates = matching.rank_offers(offers, **limits)
+    if not candidates:
         raise _no_eligible_offer(request, estimate)
     view = chain.chain_view(client)
     job_id = new_job_id()
@@ -119,13 +132,21 @@ def job_submit(
     token = secrets.token_urlsafe(24) if anonymous else None
     now = timezone.now()
     try:
-        with transaction.atomic():
+        with transaction.atomic(savepoint=savepoint):
             deposit = None
+            fields: dict[str, Any] = {"state": Job.SUBMITTED}
+            steps = [(Job.SUBMITTED, f"paid by {payment.kind}")]
+            taken = None
             if payment.kind == Job.DEPOSIT:
                 deposit = deposits.reserve(
                     deposit_id=payment.deposit, owner_id=owner.pk, max_price=request.max_price, view=view
                 )
-            job = Job.objects.create(
+                fields = {"state": Job.FUNDED, "funded_at": now}
+                steps.append((Job.FUNDED, "reserved on the deposit"))
+                if assign:
+                    free = [c for c in candidates if c.offer.active < c.offer.concurrency]
+                    taken = dispatch.take_slot(free, now=now, recheck_online=True)
+            job = Job(
                 id=job_id,
                 owner=None if anonymous else owner,
                 token_hash=hash_job_token(token) if token else "",
@@ -140,18 +161,31 @@ def job_submit(
                 escrow_amount=lock_tx["payload"]["amount"] if lock_tx else None,
                 escrow_timeout_height=lock_tx["payload"]["timeout_height"] if lock_tx else None,
                 deposit=deposit,
-                state=Job.SUBMITTED,
                 expires_at=now + timedelta(seconds=conf.JOB_TTL_S),
+                **fields,
             )
-            history.record(job, Job.SUBMITTED, f"paid by {payment.kind}")
-            if deposit is not None:
-                history.transition(
-                    job, to=Job.FUNDED, from_states=(Job.SUBMITTED,), reason="reserved on the deposit", funded_at=now
-                )
-                kicks.dispatch_job(job.id)
-                row = None
+            row = None
+            if taken is not None:
+                # Created assigned: the JOB is the first thing sent after the commit.
+                offer = taken.offer
+                assigned = dispatch.assignment(job, offer, now=now)
+                for name, value in assigned.items():
+                    setattr(job, name, value)
+                job.state = Job.ASSIGNED
+                job.reason = dispatch.assignment_reason(offer, job.attempts)
+                job.save(force_insert=True)
+                JobAttempt.objects.create(job=job, provider=offer.provider, number=job.attempts, assigned_at=now)
+                dispatch.push_job(job)
+                steps.append((Job.ASSIGNED, job.reason))
+                history.record_created(job, steps, provider=offer.provider_id)
             else:
-                row = outbox.enqueue_foreign(purpose=OutboxTx.JOB_LOCK, tx=lock_tx, job=job)
+                job.reason = steps[-1][1] if deposit is not None else ""
+                job.save(force_insert=True)
+                history.record_created(job, steps)
+                if deposit is not None:
+                    kicks.dispatch_job(job.id)
+                else:
+                    row = outbox.enqueue_foreign(purpose=OutboxTx.JOB_LOCK, tx=lock_tx, job=job)
     except IntegrityError:
         raise ApiError("this escrow pays for another job or deposit already", code="escrow_used", status=409) from None
     if row is not None:

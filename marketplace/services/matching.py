@@ -113,6 +113,13 @@ def online_since(now: datetime | None = None) -> datetime:
     return (now or timezone.now()) - timedelta(seconds=conf.OFFLINE_AFTER_S)
 
 
+def online_offers(model: str, now: datetime | None = None):
+    """The offers for ``model`` of online providers, with their providers (for ranking)."""
+    return Offer.objects.filter(
+        model=model, withdrawn=False, provider__online=True, provider__last_seen_at__gte=online_since(now)
+    ).select_related("provider")
+
+
 def eligible_offers(
     *,
     model: str,
@@ -125,14 +132,20 @@ def eligible_offers(
 ) -> list[Candidate]:
     """Offers that may run the job, best first (see the module's docstring)."""
     now = now or timezone.now()
-    offers = Offer.objects.filter(
-        model=model, withdrawn=False, provider__online=True, provider__last_seen_at__gte=online_since(now)
-    ).select_related("provider")
+    offers = online_offers(model, now)
     exclude = list(exclude)
     if exclude:
         offers = offers.exclude(provider_id__in=exclude)
     if require_capacity:
         offers = offers.filter(active__lt=F("concurrency"))
+    return rank_offers(offers, max_price=max_price, input_tokens=input_tokens, max_tokens=max_tokens, now=now)
+
+
+def rank_offers(
+    offers: Iterable[Offer], *, max_price: int, input_tokens: int, max_tokens: int, now: datetime | None = None
+) -> list[Candidate]:
+    """Of ``offers`` (online ones for the job's model, providers loaded), those that fit the job, best first."""
+    now = now or timezone.now()
     candidates = []
     for offer in offers:
         if input_tokens + max_tokens > offer.context_length:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from aitbc_site.errors import ApiError
@@ -26,10 +27,13 @@ def _text(message: dict[str, Any], name: str, limit: int) -> str:
     return value[:limit]
 
 
-def provider_message(*, provider: str, message: Any, job_id: str | None = None) -> dict[str, Any]:
+def provider_message(
+    *, provider: str, message: Any, job_id: str | None = None, received_at: datetime | None = None
+) -> dict[str, Any]:
     """Apply one message from ``provider``; what the job became (for the HTTP answer).
 
     ``job_id`` is the job of the URL (HTTP); a message's own ``job_id`` must agree with it.
+    ``received_at``: when the message arrived (an accepted job started then).
     Raises ``ApiError``: ``malformed``, ``not_found``, ``not_assigned`` (the provider lost
     or never had the job; a late result is refused) or ``receipt_refused``.
     """
@@ -47,7 +51,8 @@ def provider_message(*, provider: str, message: Any, job_id: str | None = None) 
     if type(given) is not str or (job_id is not None and given != job_id):
         raise _malformed(f"{kind}: job_id must be the job's id (a string)")
     if kind == "accepted":
-        dispatch.provider_accepted(provider=provider, job_id=given)
+        state = dispatch.provider_accepted(provider=provider, job_id=given, at=received_at)
+        return {"job_id": given, "state": state}
     elif kind == "rejected":
         dispatch.provider_rejected(provider=provider, job_id=given, reason=_text(message, "reason", MAX_REASON))
     elif kind == "failed":
@@ -61,8 +66,7 @@ def provider_message(*, provider: str, message: Any, job_id: str | None = None) 
         )
         if not outcome.accepted:
             raise ApiError(f"receipt refused: {outcome.problem}", code="receipt_refused", status=409)
-        state = Job.objects.filter(pk=given).values_list("state", flat=True).first()
-        return {"job_id": given, "state": state, "charge": outcome.charge}
+        return {"job_id": given, "state": outcome.state, "charge": outcome.charge}
     else:
         raise _malformed(f"unknown message type {kind!r}")
     return {"job_id": given, "state": Job.objects.filter(pk=given).values_list("state", flat=True).first()}

@@ -49,6 +49,7 @@ class ResultOutcome:
     accepted: bool
     charge: int | None = None
     problem: str = ""
+    state: str = ""  # the job's state after an accepted result
 
 
 def receipt_problem(job: Job, receipt: dict[str, Any], output: str) -> str:
@@ -122,16 +123,16 @@ def provider_result(*, provider: str, job_id: str, output: Any, signed_receipt: 
             return ResultOutcome(accepted=False, problem=problem)
         charge = job_charge_for(job, receipt)
         _complete(job, receipt=receipt, signed_receipt=signed_receipt, output=output, charge=charge, now=now)
-        return ResultOutcome(accepted=True, charge=charge)
+        return ResultOutcome(accepted=True, charge=charge, state=job.state)
 
 
 def _complete(
     job: Job, *, receipt: dict[str, Any], signed_receipt: dict[str, Any], output: str, charge: int, now
 ) -> None:
-    attempt = JobAttempt.objects.filter(job=job, provider_id=job.provider_id).first()
     release_slot(job)
-    JobAttempt.objects.filter(pk=attempt.pk).update(state=JobAttempt.COMPLETED, ended_at=now)
-    latency_ms = int((now - attempt.assigned_at).total_seconds() * 1000)
+    JobAttempt.objects.filter(job=job, provider_id=job.provider_id).update(state=JobAttempt.COMPLETED, ended_at=now)
+    # The attempt was assigned when the job was (a failed-over job's fields are those of its current attempt).
+    latency_ms = int((now - job.assigned_at).total_seconds() * 1000) if job.assigned_at else 0
     Provider.objects.filter(pk=job.provider_id).update(
         jobs_completed=F("jobs_completed") + 1, latency_ms_total=F("latency_ms_total") + latency_ms
     )

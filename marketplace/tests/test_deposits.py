@@ -50,7 +50,9 @@ def assert_books_equal_chain(market, deposit_id: str) -> dict:
     return escrow
 
 
-def test_jobs_on_a_deposit_start_without_a_block_and_are_paid_in_batches(market, owner, monkeypatch) -> None:
+def test_jobs_on_a_deposit_start_without_a_block_and_are_paid_in_batches(
+    market, owner, monkeypatch, django_capture_on_commit_callbacks
+) -> None:
     monkeypatch.setattr(conf, "PAYOUT_BATCH_COUNT", 3)
     p1 = market.provider("p1", input_price=100, concurrency=4)
     deposit_id = open_deposit(market, 100_000)
@@ -80,7 +82,9 @@ def test_jobs_on_a_deposit_start_without_a_block_and_are_paid_in_batches(market,
     job = p1.assigned()[0]
     p1.handled.add(job["id"])
     p1.accept(job["id"])
-    p1.result(job, input_tokens=20, output_tokens=6)
+    # The batch is cut once the third completion has committed (after its client's answer).
+    with django_capture_on_commit_callbacks(execute=True):
+        p1.result(job, input_tokens=20, output_tokens=6)
     charges.append(job_charge(input_tokens=20, output_tokens=6, input_price=100, output_price=200))
     [payout] = DepositPayout.objects.all()
     assert payout.amount == sum(charges) and payout.jobs == 3 and payout.provider == p1.address
@@ -175,6 +179,27 @@ def test_old_charges_are_paid_by_the_sweep(market, owner, monkeypatch) -> None:
     market.pump()
     assert_books_equal_chain(market, deposit_id)
     assert Job.objects.get().state == Job.SETTLED
+
+
+def test_a_due_batch_lost_after_the_answer_is_paid_by_the_sweep(market, owner, monkeypatch) -> None:
+    # The payout check runs after the completion commits; these results' checks never run
+    # (this test's transaction never commits), as if the coordinator died right after answering.
+    monkeypatch.setattr(conf, "PAYOUT_BATCH_COUNT", 2)
+    p1 = market.provider("p1")
+    deposit_id = open_deposit(market, 20_000)
+    for _ in range(2):
+        deposit_job(market, deposit_id)
+    from marketplace.services import dispatch
+
+    dispatch.dispatch_pending()
+    assert len(p1.run_all()) == 2
+    assert DepositPayout.objects.count() == 0 and Job.objects.filter(state=Job.COMPLETED).count() == 2
+    sweep.sweep()
+    [payout] = DepositPayout.objects.all()
+    assert payout.jobs == 2
+    market.pump()
+    assert_books_equal_chain(market, deposit_id)
+    assert set(Job.objects.values_list("state", flat=True)) == {Job.SETTLED}
 
 
 def test_cancelled_deposit_jobs_release_their_reservation(market, owner) -> None:
