@@ -189,14 +189,16 @@ def _admit_structured(
     ``valid`` holds signature checks already made (by index), for a caller that made
     them elsewhere (``batch_admit``); without it they are made here unless ``verified``.
     """
-    if not verified and structured:
-        # Gossip brings back transactions this node already holds: answer those as
-        # duplicates without paying for their signatures again.
+    # Gossip brings back transactions this node already holds: answer those as duplicates
+    # without paying for their signatures again. Signatures checked already need the
+    # lookup only where they failed (a known id is a duplicate before it is a bad
+    # signature); the others meet their known ids under the write lock.
+    unsure = [] if verified else [c.id for i, c in structured if valid is None or not valid[i]]
+    if unsure:
         known = {
             row[0]
             for row in _select_in(
-                f"SELECT id FROM {_TX} WHERE id {{in}} AND NOT (status = 'rejected' AND height IS NULL)",
-                [c.id for _i, c in structured],
+                f"SELECT id FROM {_TX} WHERE id {{in}} AND NOT (status = 'rejected' AND height IS NULL)", unsure
             )
         }
         if known:

@@ -75,6 +75,8 @@ def test_a_mixed_batch_gets_each_code_from_the_check_processes(chain: ChainHarne
         transfer(alice, 1, bob.address, chain.balance(alice)),
         escrow_pay(alice, 1, escrow="ab" * 32, to=bob.address, amount=1),
         transfer(alice, 1, bob.address, 7),
+        # Held already, under another signature: a duplicate before a bad signature, as in the node.
+        known | {"signature": good["signature"]},
     ]
     results = chain.batch(batch)
     assert codes(results) == [
@@ -90,7 +92,13 @@ def test_a_mixed_batch_gets_each_code_from_the_check_processes(chain: ChainHarne
         "insufficient_funds",
         "escrow_not_found",
         None,
+        "duplicate",
     ], results
+    assert "already known" in results[-1]["error"]["message"]
+    assert (
+        services.mempool_admit(txs=[batch[-1]], chain_id=chain.genesis["chain_id"], min_fee=MIN_FEE)[0].error.code
+        == "duplicate"
+    )
     assert pooled == ["check_batch", "check_batch"]
     assert results[0]["id"] == Transaction.objects.get(sender=alice.address, nonce=0).id
     stored = set(Transaction.objects.values_list("sender", "nonce"))
