@@ -1,6 +1,6 @@
 """Marketplace and gateway benchmark: what does a paid, metered, receipted job cost over the bare model?
 
-    python bench/marketplace.py [--rounds 40] [--warmup 5] [--max-tokens 4] [--no-litellm]
+    python bench/marketplace.py [--rounds 40] [--warmup 5] [--max-tokens 4] [--no-litellm] [--part 1|2]
 
 The peer (LiteLLM's proxy) is installed once, in a venv of its own inside the project's
 (it pins older versions of packages the project uses, such as websockets):
@@ -264,6 +264,7 @@ def part_one(url: str, key: str, *, rounds: int, warmup: int, max_tokens: int) -
     print(row("dispatch: submitted -> provider started", dispatch))
     tokens = {r["tokens"] for r in results["direct"] + results["market"]}
     print(f"  output tokens per answer: {sorted(tokens)}; target overhead < 25 ms at p50")
+    print("  load average after the rounds (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 
 def _seconds(stamp: str) -> float:
@@ -317,6 +318,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--no-litellm", action="store_true", help="leave the peer out (not installed)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument("--part", type=int, choices=(1, 2), help="run only this part (default: both)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="aitbc-bench-market-"))
@@ -325,6 +327,12 @@ def main() -> None:
     try:
         print(f"starting a devnet, llama-cpp-python's server and LiteLLM's proxy (work dir {work}) ...", flush=True)
         devnet, url, key = start_devnet(work / "data", base)
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"machine: {os.cpu_count()} cores, load average {load}; llama.cpp threads per model: {THREADS}")
+        if args.part in (None, 1):
+            part_one(url, key, rounds=args.rounds, warmup=args.warmup, max_tokens=args.max_tokens)
+        if args.part == 1:
+            return
         server_port, litellm_port = base + 40, base + 41
         server = start_llama_server(server_port, work / "llama-server.log")
         arms = {"baseline": (f"http://127.0.0.1:{server_port}/v1", "none"), "aitbc": (f"{url}/v1", key)}
@@ -334,8 +342,6 @@ def main() -> None:
             arms["litellm"] = (f"http://127.0.0.1:{litellm_port}/v1", MASTER_KEY)
         elif not args.no_litellm:
             print(f"LiteLLM is not installed at {LITELLM_BIN}: see this file's docstring for the one command")
-        print(f"machine: {os.cpu_count()} cores; llama.cpp threads per model: {THREADS}")
-        part_one(url, key, rounds=args.rounds, warmup=args.warmup, max_tokens=args.max_tokens)
         part_two(arms, rounds=args.rounds, warmup=args.warmup, max_tokens=args.max_tokens, work=work)
     finally:
         for process in (litellm, server, devnet):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -33,6 +34,7 @@ MAX_FRAME = 2 * 1024 * 1024
 class ProviderConsumer(AsyncJsonWebsocketConsumer):
     address: str | None = None
     _hello_timer: asyncio.TimerHandle | None = None
+    _presence_at = float("-inf")  # time.monotonic() of this socket's last presence write
 
     async def connect(self) -> None:
         await self.accept()
@@ -68,9 +70,15 @@ class ProviderConsumer(AsyncJsonWebsocketConsumer):
             await self._hello(content)
             return
         received_at = timezone.now()  # an accepted job started when its message arrived, not when it was applied
+        # While this socket is open the provider is online: its presence is written once per
+        # SEEN_RESOLUTION at most, without reading it back for every message of a job.
+        now = time.monotonic()
+        seen = now - self._presence_at >= providers.SEEN_RESOLUTION.total_seconds()
+        if seen:
+            self._presence_at = now
         try:
             await database_sync_to_async(messages.provider_message)(
-                provider=self.address, message=content, received_at=received_at
+                provider=self.address, message=content, received_at=received_at, seen=seen
             )
         except ApiError as exc:
             job_id = content.get("job_id") if isinstance(content, dict) else None
@@ -98,6 +106,7 @@ class ProviderConsumer(AsyncJsonWebsocketConsumer):
         await database_sync_to_async(providers.provider_connected)(
             address=self.address, active=active if type(active) is int else None
         )
+        self._presence_at = time.monotonic()
         await self.send_json({"type": "welcome", "provider": self.address})
 
     async def disconnect(self, code: int) -> None:

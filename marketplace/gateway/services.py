@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
@@ -251,6 +252,27 @@ class JobState:
     attempts: int = 0
     outcome: Outcome | None = None
     error: ApiError | None = None
+
+
+def outcome_from_event(event: dict[str, Any]) -> Outcome | None:
+    """The outcome a job's "completed" event carries for its owner (``settlement``); None without one."""
+    detail = event.get("outcome")
+    if event.get("state") != Job.COMPLETED or not isinstance(detail, dict):
+        return None
+    try:
+        return Outcome(
+            job_id=event["job_id"],
+            output=detail["output"],
+            input_tokens=detail["input_tokens"],
+            output_tokens=detail["output_tokens"],
+            charge=detail["charge"],
+            finish_reason=detail["finish_reason"],
+            created_at=datetime.fromisoformat(detail["created_at"]),
+            started_at=datetime.fromisoformat(detail["started_at"]),
+            completed_at=datetime.fromisoformat(detail["completed_at"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None  # not the shape expected: the job is read instead
 
 
 def job_state(*, job_id: str) -> JobState:

@@ -4,11 +4,12 @@ The provider's chunks reach the coordinator on its websocket (``consumers``) and
 forwarded, like every job's, to the owner's live events (``job.chunk`` and ``job``
 state messages in the owner's channel-layer group, ``aitbc_site.events.user_group``).
 A stream listens there on a channel of its own, joined before the job is submitted so
-nothing is missed, and keeps the messages of its job. It reads the job from the
-database only when a state message says something ended or when messages stall
-(``conf.RECHECK_S``), so a lost message can delay an answer but never lose it: the
-completed job's output is the reference, and whatever the chunks missed is sent before
-the end.
+nothing is missed, and keeps the messages of its job. The "completed" message carries
+the job's outcome (output, counts, charge) as committed; the stream reads the job from
+the database only when another state message says something ended, when the outcome was
+too large to travel, or when messages stall (``conf.RECHECK_S``), so a lost message can
+delay an answer but never lose it: the completed job's output is the reference, and
+whatever the chunks missed is sent before the end.
 
 Failover before the first token is the marketplace's (the job goes to the next
 provider, the client sees nothing). After it, the stream ends with an error and the job
@@ -164,7 +165,9 @@ class GatewayStream:
                         await self._abort("its provider failed after the answer began")
                     if state == "funded":
                         continue  # handed to the next provider before any token: invisible to the client
-                    async for event in self._read_state(stalled=False):
+                    outcome = services.outcome_from_event(event)
+                    states = self._finish(outcome) if outcome is not None else self._read_state(stalled=False)
+                    async for event in states:
                         yield event
                     if self.finished:
                         return
@@ -190,14 +193,8 @@ class GatewayStream:
         state = await db(services.job_state)(job_id=self.job_id)
         self.mark("state_read")
         if state.verdict == services.DONE:
-            outcome = state.outcome
-            sent = "".join(self.streamed)
-            if outcome.output.startswith(sent) and len(outcome.output) > len(sent):
-                if self.first_token_at is None:
-                    self.first_token_at = time.monotonic()
-                yield Token(outcome.output[len(sent) :])
-            self.finished = True
-            yield Finished(outcome, self.first_token_at)
+            async for event in self._finish(state.outcome):
+                yield event
         elif state.verdict == services.BROKEN:
             self.finished = True
             raise state.error
@@ -205,6 +202,16 @@ class GatewayStream:
             current = await db(_job_field)(self.job_id, "state")
             if current in ("funded", "assigned"):
                 await self._abort("its provider lost the job after the answer began")
+
+    async def _finish(self, outcome: Outcome) -> AsyncIterator[Token | Finished]:
+        """The completed job's output the chunks did not bring, then the end."""
+        sent = "".join(self.streamed)
+        if outcome.output.startswith(sent) and len(outcome.output) > len(sent):
+            if self.first_token_at is None:
+                self.first_token_at = time.monotonic()
+            yield Token(outcome.output[len(sent) :])
+        self.finished = True
+        yield Finished(outcome, self.first_token_at)
 
     async def _abort(self, reason: str) -> None:
         self.finished = True

@@ -37,11 +37,20 @@ def record_created(job: Job, steps: list[tuple[str, str]], *, provider: str = ""
     _announce(job, last.state, last.reason)
 
 
-def transition(job: Job, *, to: str, from_states: tuple[str, ...], reason: str = "", **fields: Any) -> bool:
+def transition(
+    job: Job,
+    *,
+    to: str,
+    from_states: tuple[str, ...],
+    reason: str = "",
+    owner_detail: dict[str, Any] | None = None,
+    **fields: Any,
+) -> bool:
     """Move ``job`` to ``to`` if it is still in one of ``from_states``; False if it is not.
 
-    ``fields`` are saved with the change. The caller holds the job's row lock (see
-    ``models``) and has checked the state; the condition makes a stale view harmless.
+    ``fields`` are saved with the change; ``owner_detail`` goes with the owner's event
+    (never the public feed's). The caller holds the job's row lock (see ``models``) and
+    has checked the state; the condition makes a stale view harmless.
     """
     now = timezone.now()
     updated = Job.objects.filter(pk=job.pk, state__in=from_states).update(
@@ -54,15 +63,13 @@ def transition(job: Job, *, to: str, from_states: tuple[str, ...], reason: str =
         setattr(job, name, value)
     provider = fields["provider"].pk if fields.get("provider") is not None else (job.provider_id or "")
     JobEvent.objects.create(job=job, state=to, reason=reason[:300], provider=provider, at=now)
-    _announce(job, to, reason)
+    _announce(job, to, reason, owner_detail)
     return True
 
 
-def _announce(job: Job, state: str, reason: str) -> None:
+def _announce(job: Job, state: str, reason: str, owner_detail: dict[str, Any] | None = None) -> None:
     if job.owner_id is not None:
-        send_event_on_commit(
-            user_group(job.owner_id),
-            {"type": "job", "job_id": job.id, "state": state, "reason": reason[:300], "model": job.model},
-        )
+        event = {"type": "job", "job_id": job.id, "state": state, "reason": reason[:300], "model": job.model}
+        send_event_on_commit(user_group(job.owner_id), event | (owner_detail or {}))
     # The public feed says what happens in the market, never who asked what.
     send_event_on_commit(EVENTS_GROUP, {"type": "jobs", "job_id": job.id, "state": state, "model": job.model})

@@ -28,12 +28,18 @@ def _text(message: dict[str, Any], name: str, limit: int) -> str:
 
 
 def provider_message(
-    *, provider: str, message: Any, job_id: str | None = None, received_at: datetime | None = None
+    *,
+    provider: str,
+    message: Any,
+    job_id: str | None = None,
+    received_at: datetime | None = None,
+    seen: bool = True,
 ) -> dict[str, Any]:
     """Apply one message from ``provider``; what the job became (for the HTTP answer).
 
     ``job_id`` is the job of the URL (HTTP); a message's own ``job_id`` must agree with it.
-    ``received_at``: when the message arrived (an accepted job started then).
+    ``received_at``: when the message arrived (an accepted job started then). ``seen=False``:
+    the caller recorded the provider's presence less than ``providers.SEEN_RESOLUTION`` ago.
     Raises ``ApiError``: ``malformed``, ``not_found``, ``not_assigned`` (the provider lost
     or never had the job; a late result is refused) or ``receipt_refused``.
     """
@@ -46,7 +52,8 @@ def provider_message(
             raise _malformed("heartbeat: active must be an integer")
         providers.provider_seen(address=provider, active=active)
         return {}
-    providers.provider_seen(address=provider)
+    if seen:
+        providers.provider_seen(address=provider)
     given = message.get("job_id", job_id)
     if type(given) is not str or (job_id is not None and given != job_id):
         raise _malformed(f"{kind}: job_id must be the job's id (a string)")

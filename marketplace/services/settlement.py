@@ -42,6 +42,8 @@ from marketplace.services.outbox import enqueue_own_once
 logger = logging.getLogger("aitbc.marketplace.settlement")
 
 MAX_OUTPUT_CHARS = 1_000_000
+# Completed outputs up to this size travel with the owner's "completed" event (docs/marketplace.md).
+OUTCOME_EVENT_MAX_CHARS = 65_536
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,16 @@ def _complete(
         jobs_completed=F("jobs_completed") + 1, latency_ms_total=F("latency_ms_total") + latency_ms
     )
     was_cancelled = job.state == Job.CANCELLED
+    outcome = {
+        "output": output,
+        "input_tokens": receipt["input_tokens"],
+        "output_tokens": receipt["output_tokens"],
+        "charge": charge,
+        "finish_reason": receipt.get("finish_reason", "stop"),
+        "created_at": job.created_at.isoformat(),
+        "started_at": (job.started_at or job.assigned_at or job.created_at).isoformat(),
+        "completed_at": now.isoformat(),
+    }
     history.transition(
         job,
         to=Job.COMPLETED,
@@ -153,6 +165,8 @@ def _complete(
         charge=charge,
         completed_at=now,
         cancel_grace_until=None,
+        # What a waiting gateway answers with, so it need not read the job back (a large output is read).
+        owner_detail={"outcome": outcome} if len(output) <= OUTCOME_EVENT_MAX_CHARS else None,
     )
     if job.deposit_id is not None:
         deposits.job_charged(job=job, charge=charge)

@@ -441,3 +441,35 @@ def test_an_answer_read_whole_asks_its_provider_for_no_chunks(market, secret) ->
     streamed = Generation(model=MODEL, job_input={"messages": PROMPT}, max_tokens=8)
     gateway_submit(key=key, generation=streamed, api=GatewayJob.OPENAI)
     assert "stream" not in job_of(p1)["options"]  # the JOB as before: chunks are the default
+
+
+def test_an_answer_comes_from_the_completed_event_without_reading_the_job(
+    market, secret, channel_layer, monkeypatch
+) -> None:
+    from marketplace.gateway import services
+
+    p1 = market.provider("p1", input_price=100, output_price=200)
+    reads = []
+    job_state = services.job_state
+    monkeypatch.setattr(services, "job_state", lambda **kwargs: reads.append(kwargs) or job_state(**kwargs))
+
+    async def scenario() -> tuple[str, Finished]:
+        stream = await open_stream(secret)
+        job = await sync_to_async(job_of)(p1)
+        await sync_to_async(p1.accept)(job["id"])
+        await sync_to_async(p1.result)(job, output="Whole answer", input_tokens=10, output_tokens=2)
+        answer = await stream.collect()
+        await close_layer()
+        return answer
+
+    text, finished = async_to_sync(scenario)()
+    assert text == "Whole answer" and reads == []
+    job = Job.objects.get(pk=finished.outcome.job_id)
+    outcome = finished.outcome
+    assert (outcome.output, outcome.input_tokens, outcome.output_tokens) == (job.output, 10, 2)
+    assert outcome.charge == job.charge == -(-(10 * 100 + 2 * 200) // 1000)
+    assert (outcome.created_at, outcome.started_at, outcome.completed_at) == (
+        job.created_at,
+        job.started_at,
+        job.completed_at,
+    )
