@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.core.cache import cache
 from django.db import transaction
 
 logger = logging.getLogger("aitbc.marketplace")
@@ -40,3 +41,16 @@ def dispatch_job(job_id: str) -> None:
 
 def dispatch_pending() -> None:
     on_commit("marketplace.dispatch_pending")
+
+
+# A deposit's payout batch is checked this long after a job's charge commits: one check per
+# deposit per interval covers every job completing meanwhile, and none runs beside the answer.
+PAYOUT_CHECK_S = 0.5
+
+
+def deposit_payout(deposit_id: str) -> None:
+    def kick() -> None:
+        if cache.add(f"marketplace:payout-check:{deposit_id}", 1, timeout=PAYOUT_CHECK_S):
+            enqueue("marketplace.deposit_payout", deposit_id, countdown=PAYOUT_CHECK_S)
+
+    transaction.on_commit(kick)

@@ -16,7 +16,7 @@ from django.core.cache import cache
 from chain.client import ChainUnavailable
 from chain.protocol.errors import ProtocolError
 from marketplace import kicks
-from marketplace.services import dispatch, outbox, sweep
+from marketplace.services import deposits, dispatch, outbox, sweep
 
 logger = logging.getLogger("aitbc.marketplace.tasks")
 
@@ -46,6 +46,11 @@ def outbox_process() -> dict:
 @shared_task(name="marketplace.dispatch_job")
 def dispatch_job(job_id: str) -> str | None:
     return dispatch.job_assign(job_id=job_id)
+
+
+@shared_task(name="marketplace.deposit_payout")
+def deposit_payout(deposit_id: str) -> None:
+    deposits.deposit_payout_due(deposit_id=deposit_id)
 
 
 @shared_task(name="marketplace.dispatch_pending")

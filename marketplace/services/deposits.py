@@ -25,7 +25,7 @@ from django.utils import timezone
 from aitbc_site.errors import ApiError
 from chain.client import ChainClient
 from chain.protocol.tx import tx_id
-from marketplace import chain, conf
+from marketplace import chain, conf, kicks
 from marketplace.chain import ChainView, required_escrow_blocks
 from marketplace.models import Deposit, DepositPayout, Job, OutboxTx
 from marketplace.services import history, payments
@@ -125,9 +125,10 @@ def release(*, job: Job) -> None:
 def job_charged(*, job: Job, charge: int) -> None:
     """A deposit job completed: release its reservation and owe ``charge``; a batch may be due after.
 
-    The payout check runs once this commits, after the client's answer has gone: a crash
-    in between loses nothing, since the job stays owed (``completed``, no payout) and
-    ``deposits_sweep`` pays owed charges and moves closing deposits along.
+    The payout check is a task enqueued once this commits (``kicks.deposit_payout``: at
+    most one per deposit per ``kicks.PAYOUT_CHECK_S``), after the client's answer has
+    gone: a crash in between loses nothing, since the job stays owed (``completed``, no
+    payout) and ``deposits_sweep`` pays owed charges and moves closing deposits along.
     """
     Deposit.objects.filter(pk=job.deposit_id).update(
         reserved=F("reserved") - job.max_price, charged=F("charged") + charge
@@ -136,8 +137,7 @@ def job_charged(*, job: Job, charge: int) -> None:
         history.transition(
             job, to=Job.SETTLED, from_states=(Job.COMPLETED,), reason="nothing to pay", settled_at=timezone.now()
         )
-    deposit_id = job.deposit_id
-    transaction.on_commit(lambda: deposit_payout_due(deposit_id=deposit_id), robust=True)
+    kicks.deposit_payout(job.deposit_id)
 
 
 def deposit_payout_due(*, deposit_id: str) -> None:

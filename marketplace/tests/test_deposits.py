@@ -11,7 +11,7 @@ from django.test import Client
 from django.utils import timezone
 
 from chain.protocol.market import job_charge
-from marketplace import conf
+from marketplace import conf, tasks
 from marketplace.models import Deposit, DepositPayout, Job, OutboxTx
 from marketplace.services import sweep
 
@@ -51,7 +51,7 @@ def assert_books_equal_chain(market, deposit_id: str) -> dict:
 
 
 def test_jobs_on_a_deposit_start_without_a_block_and_are_paid_in_batches(
-    market, owner, monkeypatch, django_capture_on_commit_callbacks
+    market, owner, monkeypatch, kicked, django_capture_on_commit_callbacks
 ) -> None:
     monkeypatch.setattr(conf, "PAYOUT_BATCH_COUNT", 3)
     p1 = market.provider("p1", input_price=100, concurrency=4)
@@ -82,10 +82,13 @@ def test_jobs_on_a_deposit_start_without_a_block_and_are_paid_in_batches(
     job = p1.assigned()[0]
     p1.handled.add(job["id"])
     p1.accept(job["id"])
-    # The batch is cut once the third completion has committed (after its client's answer).
+    # Once the third completion commits (after its client's answer), a task checks the batch.
     with django_capture_on_commit_callbacks(execute=True):
         p1.result(job, input_tokens=20, output_tokens=6)
     charges.append(job_charge(input_tokens=20, output_tokens=6, input_price=100, output_price=200))
+    assert ("marketplace.deposit_payout", (deposit_id,)) in kicked
+    assert DepositPayout.objects.count() == 0
+    tasks.deposit_payout(deposit_id)
     [payout] = DepositPayout.objects.all()
     assert payout.amount == sum(charges) and payout.jobs == 3 and payout.provider == p1.address
 
