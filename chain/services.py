@@ -287,7 +287,12 @@ def start_check_processes(workers: int | None = None) -> int:
     _check_workers = workers
     # Spawned, not forked: this process runs threads (the server, block production)
     # whose locks a fork would copy mid-use. The children import only chain.protocol.
-    _check_pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    _check_pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=batch.watch_parent,
+        initargs=(os.getpid(),),
+    )
     # Started now, so the first batch does not wait for interpreters to boot.
     for future in [_check_pool.submit(batch.parse_batch, b"[]", 0) for _ in range(workers)]:
         future.result()

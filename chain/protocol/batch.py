@@ -9,6 +9,9 @@ outside the interpreter lock its database work holds. Pure code: no Django.
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from typing import Any
 
 from chain.protocol.encoding import parse_strict
@@ -71,3 +74,18 @@ def check_batch(body: bytes, chain_id: str, max_batch: int) -> list[Entry]:
             continue
         entries.append((Checked(checked.id, checked.tx, checked.body), signature_valid(checked)))
     return entries
+
+
+def watch_parent(parent: int, interval: float = 0.5) -> None:
+    """Exit this process once ``parent`` is gone (a check process's initializer).
+
+    A node killed outright (SIGKILL, out of memory) cannot stop its check processes,
+    and they would wait for work forever: each watches its parent instead.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()

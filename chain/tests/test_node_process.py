@@ -235,6 +235,15 @@ def test_live_node_checks_a_large_batch_in_its_check_processes(spawn, node_files
     for key in (alice, carol):
         assert node.get(f"/v1/chain/accounts/{key.address}").json()["nonce"] == NONCE_WINDOW + 1
 
+    # Killed outright, the node cannot stop its check processes: they notice and exit.
+    node.spawned.process.send_signal(signal.SIGKILL)
+    node.spawned.process.wait(10)
+    wait_until(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in after),
+        timeout=20,
+        message="the killed node's check processes to exit",
+    )
+
 
 # -- genesis at start-up ----------------------------------------------------------------------
 
