@@ -458,6 +458,7 @@ def _admit_locked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, Admit
     batch_ids: set[str] = set()
     validators: dict[str, tuple[str, int]] | None = None
     for index, c in checked:
+        spend = c.spend
         try:
             if c.id in batch_ids:
                 raise ProtocolError("duplicate", f"transaction {c.id} appears twice in this batch")
@@ -475,10 +476,10 @@ def _admit_locked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, Admit
                 )
             if (c.sender, c.nonce) in pending_nonces:
                 raise ProtocolError("duplicate", f"another transaction from {c.sender} with nonce {c.nonce} is pending")
-            if balance - pending_spend[c.sender] < c.spend:
+            if balance - pending_spend[c.sender] < spend:
                 raise ProtocolError(
                     "insufficient_funds",
-                    f"balance {balance} less pending spends {pending_spend[c.sender]} cannot cover {c.spend}",
+                    f"balance {balance} less pending spends {pending_spend[c.sender]} cannot cover {spend}",
                 )
             if c.type == "escrow_lock" and c.payload["timeout_height"] < height + 1 + params["min_escrow_blocks"]:
                 raise ProtocolError(
@@ -515,10 +516,10 @@ def _admit_locked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, Admit
             revived.append(c.id)
         batch_ids.add(c.id)
         pending_nonces.add((c.sender, c.nonce))
-        pending_spend[c.sender] += c.spend
+        pending_spend[c.sender] += spend
         if c.type == "escrow_lock":
             pending_locks.add(c.id)
-        rows.append((c.id, seq, c.sender, c.nonce, c.fee, c.type, c.spend, c.payload.get("escrow", ""), c.body))
+        rows.append((c.id, seq, c.sender, c.nonce, c.fee, c.type, spend, c.payload.get("escrow", ""), c.body))
         seq += 1
         out.append((index, AdmitResult(id=c.id)))
     if revived:
