@@ -20,6 +20,7 @@ from chain.models import Transaction
 from chain.protocol.errors import ProtocolError
 from chain.tests.harness import BATCH, ChainHarness, assert_error, replayed_state, stored_state
 from chain.tests.support import MIN_FEE, escrow_pay, transfer
+from conftest import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +123,9 @@ def test_a_killed_check_process_costs_no_answer_and_is_replaced(chain: ChainHarn
     pool = services._check_pool
     victim = next(iter(pool._processes))
     os.kill(victim, signal.SIGKILL)
+    # The executor learns of the death from its own thread; until then a batch may still
+    # reach the surviving process. Once it knows, the next batch finds the pool broken.
+    wait_until(lambda: pool._broken, timeout=30, message="the executor to see its process die")
     results = chain.batch([transfer(alice, n, bob.address, 1) for n in range(3)])
     assert codes(results) == [None, None, None]
     # The broken pool was replaced: the next batch is checked in a new one.
