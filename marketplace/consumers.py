@@ -13,8 +13,9 @@ import logging
 import time
 from typing import Any
 
-from channels.db import database_sync_to_async
+from asgiref.sync import SyncToAsync
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.db import connections
 from django.utils import timezone
 
 from aitbc_site.errors import ApiError
@@ -29,6 +30,24 @@ CLOSE_AUTH_REFUSED = 4401
 CLOSE_NOT_REGISTERED = 4403
 CLOSE_MALFORMED = 4400
 MAX_FRAME = 2 * 1024 * 1024
+
+
+class KeptConnectionSyncToAsync(SyncToAsync):
+    """``database_sync_to_async`` that keeps the sync thread's database connection between messages.
+
+    Channels' version closes it after every call under ``CONN_MAX_AGE = 0``, so each provider
+    message opened a connection of its own (and PostgreSQL forks a backend for each). The
+    connection is still dropped before a call if it broke or was left in a transaction.
+    """
+
+    def thread_handler(self, loop, *args, **kwargs):
+        for connection in connections.all(initialized_only=True):
+            connection.close_at = None  # kept: messages come in streams
+            connection.close_if_unusable_or_obsolete()
+        return super().thread_handler(loop, *args, **kwargs)
+
+
+database_call = KeptConnectionSyncToAsync
 
 
 class ProviderConsumer(AsyncJsonWebsocketConsumer):
@@ -77,7 +96,7 @@ class ProviderConsumer(AsyncJsonWebsocketConsumer):
         if seen:
             self._presence_at = now
         try:
-            await database_sync_to_async(messages.provider_message)(
+            await database_call(messages.provider_message)(
                 provider=self.address, message=content, received_at=received_at, seen=seen
             )
         except ApiError as exc:
@@ -90,7 +109,7 @@ class ProviderConsumer(AsyncJsonWebsocketConsumer):
             return
         signed = {"auth": content.get("auth"), "signature": content.get("signature")}
         try:
-            provider = await database_sync_to_async(providers.provider_connect)(signed)
+            provider = await database_call(providers.provider_connect)(signed)
         except providers.NotRegistered:
             await self.close(code=CLOSE_NOT_REGISTERED)
             return
@@ -103,7 +122,7 @@ class ProviderConsumer(AsyncJsonWebsocketConsumer):
         # Join the group before going online: a job assigned from then on reaches this socket.
         await self.channel_layer.group_add(providers.provider_group(self.address), self.channel_name)
         active = content.get("active")
-        await database_sync_to_async(providers.provider_connected)(
+        await database_call(providers.provider_connected)(
             address=self.address, active=active if type(active) is int else None
         )
         self._presence_at = time.monotonic()
@@ -115,7 +134,7 @@ class ProviderConsumer(AsyncJsonWebsocketConsumer):
         if self.address is None:
             return
         await self.channel_layer.group_discard(providers.provider_group(self.address), self.channel_name)
-        await database_sync_to_async(providers.provider_disconnected)(address=self.address)
+        await database_call(providers.provider_disconnected)(address=self.address)
 
     async def event_message(self, message: dict) -> None:
         """A job or cancel for this provider, from dispatch (``send_event`` to its group)."""
