@@ -247,8 +247,7 @@ def batch_admit(*, body: bytes, chain_id: str, min_fee: int) -> tuple[list[Admit
         except BrokenProcessPool:
             # A check process died (killed, out of memory): this batch is checked here,
             # and the pool is replaced for the next one.
-            logger.warning("a transaction check process died; restarting the check processes")
-            _restart_check_pool()
+            _restart_check_pool(pool)
     if entries is None:
         txs = batch.parse_batch(body, MAX_BATCH)
         results = mempool_admit(txs=txs, chain_id=chain_id, min_fee=min_fee)
@@ -306,15 +305,22 @@ def stop_check_processes() -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _restart_check_pool() -> None:
+_restart_lock = threading.Lock()
+
+
+def _restart_check_pool(broken: ProcessPoolExecutor) -> None:
+    """Replace ``broken`` (once, however many batches found it broken at the same time)."""
     global _check_pool
-    broken, _check_pool = _check_pool, None
-    if broken is not None:
+    with _restart_lock:
+        if _check_pool is not broken:
+            return
+        logger.warning("a transaction check process died; restarting the check processes")
+        _check_pool = None
         broken.shutdown(wait=False, cancel_futures=True)
-    try:
-        start_check_processes(_check_workers)
-    except Exception:
-        logger.exception("could not restart the transaction check processes; checking batches in-process")
+        try:
+            start_check_processes(_check_workers)
+        except Exception:
+            logger.exception("could not restart the transaction check processes; checking batches in-process")
 
 
 _write_lock = threading.Lock()
