@@ -35,7 +35,7 @@ from chain.protocol.market import build_provider_auth, build_receipt, job_charge
 from conftest import PROJECT_ROOT, clean_env, find_free_port, wait_until
 from marketplace import conf
 from marketplace.models import Deposit, Job, OutboxTx
-from marketplace.services import dispatch, outbox, providers
+from marketplace.services import deposits, dispatch, outbox, providers
 from marketplace.tests.support import (
     CLIENT_FUNDS,
     COORDINATOR_FUNDS,
@@ -168,6 +168,9 @@ def run_until(predicate: Callable[[], Any], message: str, timeout: float = GUARD
     def step() -> Any:
         outbox.outbox_process()
         dispatch.dispatch_pending()
+        # Payout batches are checked after a completion commits (a task) and by beat's sweep;
+        # these tests' transactions never commit, so the sweep's pass stands in for both.
+        deposits.deposits_sweep(view=None)
         return predicate()
 
     return wait_until(step, timeout=timeout, interval=0.05, message=message)
