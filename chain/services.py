@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from aitbc_site.events import EVENTS_GROUP, send_event_on_commit
@@ -364,8 +364,15 @@ def verify_signatures(checked: list[CheckedTx]) -> list[bool]:
 
 def _admit_checked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, AdmitResult]]:
     _defer_checkpoints()
-    with _writing(), transaction.atomic():
-        return _admit_locked(checked)
+    try:
+        with _writing(), transaction.atomic():
+            return _admit_locked(checked)
+    except IntegrityError:
+        # An id already stored where the first pass did not look for one: a transaction
+        # dropped from a block (rejected, no height) that came back. Nothing of that pass
+        # was kept; this one looks up every id.
+        with _writing(), transaction.atomic():
+            return _admit_locked(checked, every_id=True)
 
 
 # SQLite copies its write-ahead log back into the database (a checkpoint, with an fsync)
@@ -387,12 +394,11 @@ def _checkpoint() -> None:
             cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
-def _admit_locked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, AdmitResult]]:
+def _admit_locked(checked: list[tuple[int, CheckedTx]], *, every_id: bool = False) -> list[tuple[int, AdmitResult]]:
     state = ChainState.objects.select_for_update().get(singleton=1)
     height = state.height
     params = state.params
     senders = list({c.sender for _i, c in checked})
-    ids = [c.id for _i, c in checked]
 
     accounts: dict[str, tuple[int, int]] = {
         address: (balance, nonce)
@@ -419,9 +425,18 @@ def _admit_locked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, Admit
                 after=nonce_params,
             )
         )
+    # A stored id is either pending, so its (sender, nonce) is pending, or was included in
+    # a block, so its nonce is below the account's: only those are looked up. The one
+    # other kind, a transaction dropped from a block, fails the insert on its primary key
+    # (``_admit_checked`` then passes ``every_id``).
+    suspects = [
+        c.id
+        for _i, c in checked
+        if every_id or c.nonce < accounts.get(c.sender, (0, 0))[1] or (c.sender, c.nonce) in pending_nonces
+    ]
     existing: dict[str, tuple[str, int | None]] = {
         tx_id: (status, tx_height)
-        for tx_id, status, tx_height in _select_in(f"SELECT id, status, height FROM {_TX} WHERE id {{in}}", ids)
+        for tx_id, status, tx_height in _select_in(f"SELECT id, status, height FROM {_TX} WHERE id {{in}}", suspects)
     }
     escrow_ids = list({c.payload["escrow"] for _i, c in checked if "escrow" in c.payload})
     escrows: dict[str, EscrowState | None] = {}
@@ -550,9 +565,14 @@ def _insert_pending(rows: list[tuple]) -> None:
     received = timezone.now()
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            with cursor.cursor.copy(
-                f"COPY {Transaction._meta.db_table} ({_PENDING_COLUMNS}, received_at) FROM STDIN"
-            ) as copy:
+            # The raw cursor's COPY bypasses Django's error wrapping: a conflict must still
+            # surface as django.db.IntegrityError (``_admit_checked`` retries on it).
+            with (
+                connection.wrap_database_errors,
+                cursor.cursor.copy(
+                    f"COPY {Transaction._meta.db_table} ({_PENDING_COLUMNS}, received_at) FROM STDIN"
+                ) as copy,
+            ):
                 for row in rows:
                     copy.write_row((*row, "pending", None, "", "", received))
             return

@@ -10,7 +10,7 @@ from django.test import Client
 from chain import services
 from chain.models import Account, Block, ChainState, Escrow, Transaction
 from chain.protocol.keys import Key
-from chain.tests.support import Keys, LedgerState, StoredBlock, escrow_fields, replay, state_of
+from chain.tests.support import Keys, LedgerState, StoredBlock, escrow_fields, replay, state_of, transfer
 
 # protocol.md's table of error codes and HTTP statuses, copied here on purpose: the
 # tests hold the implementation (chain.protocol.errors.HTTP_STATUS) to the contract.
@@ -129,3 +129,21 @@ def replayed_state(genesis: dict[str, Any]) -> LedgerState:
     ]
     bodies = {tx_id: json.loads(body) for tx_id, body in Transaction.objects.values_list("id", "body")}
     return replay(genesis, blocks, bodies)
+
+
+def dropped_transaction_comes_back(chain: ChainHarness) -> None:
+    """Its stored row (rejected, no height) is found by the insert's conflict, not by a lookup of every id."""
+    alice, bob = chain.keys.alice, chain.keys.bob
+    tx = transfer(alice, 0, bob.address, 5)
+    [first] = chain.batch([tx])
+    Transaction.objects.filter(id=first["id"]).update(
+        status=Transaction.REJECTED, height=None, error_code="insufficient_funds", error_message="dropped"
+    )
+    others = [transfer(bob, n, alice.address, 1) for n in range(3)]
+    results = chain.batch([*others, tx])
+    assert [r.get("id") for r in results] == [*(r["id"] for r in results[:3]), first["id"]], results
+    stored = Transaction.objects.get(id=first["id"])
+    assert (stored.status, stored.height, stored.error_code) == (Transaction.PENDING, None, "")
+    assert Transaction.objects.filter(status=Transaction.PENDING).count() == 4
+    assert chain.produce().tx_count == 4
+    assert stored_state() == replayed_state(chain.genesis)

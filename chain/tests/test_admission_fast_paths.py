@@ -22,7 +22,7 @@ from chain.models import Account, Block, ChainState, Transaction
 from chain.protocol.encoding import parse_strict
 from chain.protocol.errors import ProtocolError
 from chain.protocol.tx import PAYLOAD_FIELDS, checked_sign_bytes, sign_bytes, tx_id
-from chain.tests.harness import ChainHarness, replayed_state, stored_state
+from chain.tests.harness import ChainHarness, dropped_transaction_comes_back, replayed_state, stored_state
 from chain.tests.support import MIN_FEE, make_genesis, named_key, transfer
 
 
@@ -275,3 +275,17 @@ def test_concurrent_batches_and_blocks_commit_each_admitted_transaction_once(cha
     assert set(Transaction.objects.values_list("status", flat=True)) == {Transaction.COMMITTED}
     assert sum(Account.objects.values_list("balance", flat=True)) == ChainState.objects.get().total_supply
     assert stored_state() == replayed_state(genesis)
+
+
+def test_a_transaction_dropped_from_a_block_is_admitted_again(chain: ChainHarness) -> None:
+    dropped_transaction_comes_back(chain)
+
+
+def test_resubmitted_pending_and_committed_transactions_are_duplicates(chain: ChainHarness) -> None:
+    alice, bob = chain.keys.alice, chain.keys.bob
+    committed, pending = transfer(alice, 0, bob.address, 5), transfer(alice, 1, bob.address, 5)
+    chain.batch([committed])
+    chain.produce()
+    chain.batch([pending])
+    results = chain.batch([committed, pending, transfer(alice, 2, bob.address, 5)])
+    assert [r.get("error", {}).get("code") for r in results] == ["duplicate", "duplicate", None], results

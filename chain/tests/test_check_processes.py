@@ -18,7 +18,14 @@ import pytest
 from chain import services
 from chain.models import Transaction
 from chain.protocol.errors import ProtocolError
-from chain.tests.harness import BATCH, ChainHarness, assert_error, replayed_state, stored_state
+from chain.tests.harness import (
+    BATCH,
+    ChainHarness,
+    assert_error,
+    dropped_transaction_comes_back,
+    replayed_state,
+    stored_state,
+)
 from chain.tests.support import MIN_FEE, escrow_pay, transfer
 from conftest import wait_until
 
@@ -133,3 +140,8 @@ def test_a_killed_check_process_costs_no_answer_and_is_replaced(chain: ChainHarn
     assert victim not in services._check_pool._processes
     assert codes(chain.batch([transfer(alice, 3, bob.address, 1)])) == [None]
     assert chain.produce().tx_count == 4
+
+
+def test_a_dropped_transaction_comes_back_through_the_check_processes(chain: ChainHarness, pooled: list) -> None:
+    dropped_transaction_comes_back(chain)
+    assert len(pooled) == 2
