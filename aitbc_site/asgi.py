@@ -14,6 +14,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from aitbc_site.direct import DirectASGIHandler, DirectRouter  # noqa: E402
 from aitbc_site.routing import (  # noqa: E402
     node_websocket_urlpatterns,
     provider_websocket_urlpatterns,
@@ -24,7 +25,9 @@ application = ProtocolTypeRouter(
     {
         # The dashboard's and the API docs' assets are served by this process (from the apps'
         # static folders, no collectstatic or CDN needed); a proxy in front may serve STATIC_ROOT.
-        "http": ASGIStaticFilesHandler(django_asgi_app),
+        # The gateway's inference endpoints skip the session, CSRF and auth middleware
+        # (aitbc_site.direct); everything else goes through all of it.
+        "http": DirectRouter(ASGIStaticFilesHandler(django_asgi_app), DirectASGIHandler()),
         "websocket": URLRouter(
             [
                 # Providers are programs, not browsers: no Origin to check and no session to

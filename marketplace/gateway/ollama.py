@@ -19,6 +19,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from aitbc_site.direct import direct
 from aitbc_site.errors import ApiError
 from marketplace.gateway import common, conf, services
 from marketplace.gateway.models import GatewayJob
@@ -179,11 +180,13 @@ def _offered(model: str) -> bool:
     return services.online_offers().filter(model=model).exists()
 
 
+@direct
 @csrf_exempt
 async def chat(request: HttpRequest, key: str | None = None) -> HttpResponse:
     return await _run(request, key, chat=True)
 
 
+@direct
 @csrf_exempt
 async def generate(request: HttpRequest, key: str | None = None) -> HttpResponse:
     return await _run(request, key, chat=False)
@@ -212,6 +215,7 @@ def _model_entry(offer: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@direct
 @csrf_exempt
 async def tags(request: HttpRequest, key: str | None = None) -> HttpResponse:
     """The models online providers offer, each with its lowest price."""
@@ -224,6 +228,7 @@ async def tags(request: HttpRequest, key: str | None = None) -> HttpResponse:
     return JsonResponse({"models": [_model_entry(offer) for offer in offers]})
 
 
+@direct
 @csrf_exempt
 async def show(request: HttpRequest, key: str | None = None) -> HttpResponse:
     try:
@@ -257,11 +262,13 @@ async def show(request: HttpRequest, key: str | None = None) -> HttpResponse:
     )
 
 
+@direct
 @csrf_exempt
 async def version(request: HttpRequest, key: str | None = None) -> HttpResponse:
     return JsonResponse({"version": conf.OLLAMA_VERSION})
 
 
+@direct
 @csrf_exempt
 async def root(request: HttpRequest, key: str | None = None) -> HttpResponse:
     """``GET /k/<key>/``: what Ollama answers at its root, for clients that check the server is up."""

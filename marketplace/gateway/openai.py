@@ -18,6 +18,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from aitbc_site.direct import direct
 from aitbc_site.errors import ApiError
 from marketplace.gateway import common, services
 from marketplace.gateway.models import GatewayJob
@@ -89,6 +90,7 @@ def _aitbc(finished: Finished) -> dict[str, Any]:
     return {"aitbc_job": finished.outcome.job_id, "aitbc_charged": finished.outcome.charge}
 
 
+@direct
 @csrf_exempt
 async def chat_completions(request: HttpRequest) -> HttpResponse:
     received_at = time.monotonic()
@@ -187,6 +189,7 @@ def _model(offer: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@direct
 @csrf_exempt
 async def models(request: HttpRequest) -> HttpResponse:
     """The models online providers offer, each with its lowest price (uait per 1,000 tokens)."""
@@ -200,6 +203,7 @@ async def models(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"object": "list", "data": [_model(offer) for offer in offers]})
 
 
+@direct
 @csrf_exempt
 async def model(request: HttpRequest, model_id: str) -> HttpResponse:
     try:
