@@ -1,0 +1,23 @@
+"""Embedded beat's scheduler: django-celery-beat's, asking the database for edits every few seconds."""
+
+from __future__ import annotations
+
+import pytest
+from django_celery_beat import schedulers
+
+from aitbc_site import beat
+
+
+def test_the_schedule_is_checked_for_changes_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[float] = []
+    clock = [1000.0]
+    monkeypatch.setattr(schedulers.DatabaseScheduler, "schedule_changed", lambda self: asked.append(clock[0]) or True)
+    monkeypatch.setattr(beat.time, "monotonic", lambda: clock[0])
+    scheduler = beat.DatabaseScheduler.__new__(beat.DatabaseScheduler)  # no app, no database: the check alone
+
+    assert scheduler.schedule_changed() is True
+    clock[0] += beat.SCHEDULE_CHECK_S / 2
+    assert scheduler.schedule_changed() is False
+    clock[0] += beat.SCHEDULE_CHECK_S / 2
+    assert scheduler.schedule_changed() is True
+    assert asked == [1000.0, 1000.0 + beat.SCHEDULE_CHECK_S]
