@@ -250,7 +250,6 @@ class Peer:
     challenge: str = ""  # the challenge this side sent it, which its proof must sign
     claimed: tuple[str, str] | None = None  # (node_id, pubkey) an inbound peer's hello claimed
     hello: dict | None = None  # that hello, acted on once the peer proves the id
-    links: frozenset[str] = frozenset()  # the node ids it said it is connected to (its last status)
     messages: RateBucket = field(default_factory=lambda: RateBucket(PEER_MESSAGES_PER_S, PEER_MESSAGE_BURST))
     traffic: RateBucket = field(default_factory=lambda: RateBucket(PEER_BYTES_PER_S, PEER_BYTE_BURST))
 
@@ -279,6 +278,9 @@ class Gossip:
         self.peers: dict[str, Peer] = {}
         self.banned: dict[str, float] = {}
         self.blocked_nodes: set[str] = set()  # test hook: a network partition
+        # What each proven node said it is connected to (its last status), whichever of its
+        # connections the status came over: frames to it go over the one this node dialed.
+        self.links: dict[str, frozenset[str]] = {}
         # What hostile or broken peers cost: shown by /status (``p2p``), so operators and tests see it.
         self.counters: dict[str, int] = dict.fromkeys(
             ("penalties", "disconnects", "refused", "dropped_rate", "dropped_queue", "dropped_future", "dropped_txs"),
@@ -357,6 +359,8 @@ class Gossip:
     def remove(self, peer: Peer) -> None:
         with self.lock:
             self.peers.pop(peer.id, None)
+            if peer.node_id and not any(p.node_id == peer.node_id for p in self.peers.values()):
+                self.links.pop(peer.node_id, None)
         logger.info("peer %s disconnected", peer.id)
 
     def received(self, peer: Peer, text: str) -> None:
@@ -431,6 +435,7 @@ class Gossip:
             peers = list(self.peers.values())
         skip = exclude.node_id if exclude is not None and exclude.node_id else None
         dialed = {p.node_id for p in peers if p.direction == "out" and p.node_id}
+        had_it = self.links.get(skip, frozenset()) if skip is not None else frozenset()
         chosen = []
         for peer in peers:
             node = peer.node_id
@@ -438,7 +443,7 @@ class Gossip:
                 continue
             if node and peer.direction == "in" and node in dialed:
                 continue
-            if skip is not None and skip in peer.links:
+            if node and node in had_it:
                 continue
             chosen.append(peer)
         return chosen
@@ -859,8 +864,13 @@ class ConsensusDriver:
             self._on_auth(peer, message)
         elif kind == "status":
             links = message.get("peers")
-            if isinstance(links, list) and len(links) <= MAX_LINKS and all(type(n) is str for n in links):
-                peer.links = frozenset(links)
+            if (
+                peer.node_id
+                and isinstance(links, list)
+                and len(links) <= MAX_LINKS
+                and all(type(n) is str for n in links)
+            ):
+                self.gossip.links[peer.node_id] = frozenset(links)
             if type(message.get("height")) is int:
                 peer.height = max(peer.height, message["height"])
                 self._maybe_sync(peer)

@@ -276,11 +276,12 @@ def test_a_relay_skips_the_nodes_its_source_says_it_is_connected_to() -> None:
     node = gossip_node(CHAIN)
     connect(node, "in-x", "in", "node-x")
     also_linked = connect(node, "out-y", "out", "node-y")
+    connect(node, "in-y", "in", "node-y")
     not_linked = connect(node, "out-z", "out", "node-z")
     source = node.gossip.peers["in-x"]
     node._on_text(source, json.dumps({"type": "status", "height": 0, "peers": ["node-y", "node-w"]}))
-    # The status says what the source is connected to, not what the receivers are.
-    node._on_text(node.gossip.peers["out-y"], json.dumps({"type": "status", "height": 0, "peers": ["node-x"]}))
+    # What y says of its own links does not matter here, nor over which connection it said it.
+    node._on_text(node.gossip.peers["in-y"], json.dumps({"type": "status", "height": 0, "peers": ["node-z"]}))
     node.gossip.broadcast("relay", exclude=source)
     assert (also_linked, not_linked) == ([], ["relay"])
     node.gossip.broadcast("own frame")
@@ -304,7 +305,10 @@ def test_a_status_with_a_malformed_peer_list_leaves_the_links_as_they_were() -> 
     node._on_text(peer, json.dumps({"type": "status", "height": 0, "peers": ["node-y"]}))
     node._on_text(peer, json.dumps({"type": "status", "height": 0, "peers": ["node-z", 7]}))
     node._on_text(peer, json.dumps({"type": "status", "height": 0, "peers": ["n"] * 1001}))
-    assert peer.links == {"node-y"} and peer.score == 0
+    assert node.gossip.links == {"node-x": {"node-y"}} and peer.score == 0
+    anonymous = connect(node, "in-anon", "in")  # no proven id: nothing it says of links is kept
+    node._on_text(node.gossip.peers["in-anon"], json.dumps({"type": "status", "height": 0, "peers": ["node-q"]}))
+    assert anonymous == [] and node.gossip.links == {"node-x": {"node-y"}}
 
 
 def test_a_commit_of_a_height_the_node_has_is_dropped_and_a_malformed_one_costs_points() -> None:
@@ -327,7 +331,7 @@ def test_a_relay_is_not_encoded_when_no_peer_needs_it(monkeypatch: pytest.Monkey
     connect(node, "in-x", "in", "node-x")
     connect(node, "out-y", "out", "node-y")
     source = node.gossip.peers["in-x"]
-    node.gossip.peers["out-y"].links = frozenset({"node-x"})  # the only other node had it from the source
+    node.gossip.links["node-x"] = frozenset({"node-y"})  # the only other node had it from the source
     encoded: list[dict] = []
     real_dumps = network.json.dumps
     monkeypatch.setattr(network.json, "dumps", lambda obj, **kw: encoded.append(obj) or real_dumps(obj, **kw))
