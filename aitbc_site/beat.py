@@ -61,6 +61,13 @@ def sync_beat_schedule(app_names: set[str] | None = None) -> list[str]:
     return created
 
 
+def disable_beat_entries(names: set[str]) -> None:
+    """Disable the named periodic tasks in this database (a process that has no use for them)."""
+    from django_celery_beat.models import PeriodicTask
+
+    PeriodicTask.objects.filter(name__in=names, enabled=True).update(enabled=False)
+
+
 class DatabaseScheduler(schedulers.DatabaseScheduler):
     """django-celery-beat's scheduler, asking the database whether the schedule changed at
     most every ``SCHEDULE_CHECK_S`` seconds instead of at every tick.

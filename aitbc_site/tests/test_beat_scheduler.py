@@ -21,3 +21,18 @@ def test_the_schedule_is_checked_for_changes_at_most_once_per_interval(monkeypat
     clock[0] += beat.SCHEDULE_CHECK_S / 2
     assert scheduler.schedule_changed() is True
     assert asked == [1000.0, 1000.0 + beat.SCHEDULE_CHECK_S]
+
+
+@pytest.mark.django_db
+def test_a_node_process_disables_the_entries_it_has_no_use_for_and_keeps_the_tick() -> None:
+    from django_celery_beat.models import PeriodicTask
+
+    from chain.tasks import NODE_DISABLED
+
+    beat.sync_beat_schedule({"chain"})
+    beat.disable_beat_entries(NODE_DISABLED)
+    enabled = set(PeriodicTask.objects.filter(enabled=True).values_list("name", flat=True))
+    assert "chain consensus tick" in enabled
+    assert not enabled & NODE_DISABLED
+    assert beat.sync_beat_schedule({"chain"}) == []  # a later sync leaves them as they are
+    assert not set(PeriodicTask.objects.filter(enabled=True).values_list("name", flat=True)) & NODE_DISABLED
