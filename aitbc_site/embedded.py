@@ -20,6 +20,8 @@ from celery.worker import WorkController
 
 logger = logging.getLogger(__name__)
 
+DJANGO_CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+
 
 class EmbeddedCelery:
     """One worker (thread pool) and, optionally, beat, inside this process."""
@@ -61,8 +63,12 @@ class EmbeddedCelery:
         if self.with_beat:
             # EmbeddedService defaults to the file-backed PersistentScheduler (a
             # celerybeat-schedule file in the working directory); name the app's
-            # configured scheduler so beat reads the schedule operators edit in the admin.
-            self.beat = EmbeddedService(self.app, thread=True, scheduler_cls=self.app.conf.beat_scheduler)
+            # configured scheduler so beat reads the schedule operators edit in the admin,
+            # django-celery-beat's as ``aitbc_site.beat`` refines it.
+            scheduler = self.app.conf.beat_scheduler
+            if scheduler == DJANGO_CELERY_BEAT_SCHEDULER:
+                scheduler = "aitbc_site.beat:DatabaseScheduler"
+            self.beat = EmbeddedService(self.app, thread=True, scheduler_cls=scheduler)
             self.beat.start()
         parts = "worker and beat" if self.beat else "worker"
         logger.info("embedded celery started: %s, %d threads", parts, self.concurrency)

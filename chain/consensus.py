@@ -230,11 +230,12 @@ class HeightState:
         propose: Callable[[int, int], tuple[str, dict[str, Any]]],
         validate: Callable[[dict[str, Any]], str | None],
         timeouts: Timeouts | None = None,
-        locked: tuple[int, str, dict[str, Any]] | None = None,
+        locked: tuple[int, str, dict[str, Any] | None] | None = None,
     ) -> None:
         """``propose(height, round)`` builds a new block (its id and body); ``validate(block)``
         returns the block's id when it is a valid next block, else None. ``locked`` restores a
-        lock (round, block id, block) persisted before a restart."""
+        lock (round, block id, block) persisted before a restart; the block may be None (only
+        its id is kept), and then this validator, proposing while locked, proposes a new block."""
         self.chain_id = chain_id
         self.height = height
         self.validators = validators

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from chain import network
@@ -12,6 +13,15 @@ from chain import network
 
 class P2PConsumer(AsyncWebsocketConsumer):
     """An inbound peer. Frames go to the consensus thread's queue; it answers through ``peer.send``."""
+
+    async def dispatch(self, message: dict) -> None:
+        # Channels' own dispatch first closes stale database connections, a round trip to a
+        # worker thread for every frame; this consumer never touches the database (frames go
+        # to the consensus thread's queue), and gossip brings dozens of frames a second.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
         current = network.driver()

@@ -10,8 +10,9 @@ invalid ones loses score and, past a threshold, its connection for a while.
 
 Message types (JSON text frames): ``hello`` (chain id, genesis id, node id, its
 key, height, a challenge) and ``auth`` (the proof of a node id over the other
-side's challenge, ``chain/handshake.py``), ``status`` (height), ``txs`` (transactions admitted by the sender),
-``proposal``, ``vote``, ``block`` (a decided block with its commit),
+side's challenge, ``chain/handshake.py``), ``status`` (height, the nodes the sender is connected
+to), ``txs`` (transactions admitted by the sender), ``proposal``, ``vote``, ``commit`` (a height
+the sender decided), ``block`` (a decided block with its commit, from a one-validator chain),
 ``evidence``. See ``docs/protocol.md``.
 """
 
@@ -63,6 +64,7 @@ BAN_SCORE = -100
 BAN_SECONDS = 60
 SCORE_RECOVERY_PER_S = 1  # a peer's score climbs back towards 0, so rare honest slips never add up to a ban
 SEEN_CAPACITY = 50_000
+MAX_LINKS = 1_000  # node ids a status may name as its sender's connections
 # Per peer: what it may send (token buckets: a sustained rate and a burst) and what of it may
 # wait for the consensus thread at once. Beyond the rate each frame is dropped and costs a point;
 # beyond the queue bound frames are dropped without cost (the backlog may be this node's slowness).
@@ -174,10 +176,15 @@ class DbSigner:
         )
 
 
-def save_lock(height: int, round_: int, block_id: str | None, block: dict | None) -> None:
+def save_lock(height: int, round_: int, block_id: str | None) -> None:
+    """Remember this validator's lock, before its precommit leaves: the height, round and block id.
+
+    Only the id: the lock restrains what this validator votes for, which its id says; encoding
+    the whole block for every lock was a sixth of the consensus thread's time under load.
+    """
     from chain.models import SignerState
 
-    locked = None if block_id is None else {"height": height, "round": round_, "block_id": block_id, "block": block}
+    locked = None if block_id is None else {"height": height, "round": round_, "block_id": block_id}
     # The row exists once this validator has signed anything, which it has before it locks.
     if not SignerState.objects.filter(singleton=1).update(locked=locked):
         SignerState.objects.get_or_create(singleton=1)
@@ -192,13 +199,14 @@ def clear_lock() -> None:
     SignerState.objects.filter(singleton=1, locked__isnull=False).update(locked=None)
 
 
-def load_lock(height: int) -> tuple[int, str, dict] | None:
+def load_lock(height: int) -> tuple[int, str, dict | None] | None:
+    """The lock saved for ``height``: its round, block id and, from records that kept it, the block."""
     from chain.models import SignerState
 
     state = SignerState.objects.filter(singleton=1).first()
     if state is None or not state.locked or state.locked.get("height") != height:
         return None
-    return state.locked["round"], state.locked["block_id"], state.locked["block"]
+    return state.locked["round"], state.locked["block_id"], state.locked.get("block")
 
 
 # -- peers -------------------------------------------------------------------------------------------
@@ -270,6 +278,9 @@ class Gossip:
         self.peers: dict[str, Peer] = {}
         self.banned: dict[str, float] = {}
         self.blocked_nodes: set[str] = set()  # test hook: a network partition
+        # What each proven node said it is connected to (its last status), whichever of its
+        # connections the status came over: frames to it go over the one this node dialed.
+        self.links: dict[str, frozenset[str]] = {}
         # What hostile or broken peers cost: shown by /status (``p2p``), so operators and tests see it.
         self.counters: dict[str, int] = dict.fromkeys(
             ("penalties", "disconnects", "refused", "dropped_rate", "dropped_queue", "dropped_future", "dropped_txs"),
@@ -348,6 +359,8 @@ class Gossip:
     def remove(self, peer: Peer) -> None:
         with self.lock:
             self.peers.pop(peer.id, None)
+            if peer.node_id and not any(p.node_id == peer.node_id for p in self.peers.values()):
+                self.links.pop(peer.node_id, None)
         logger.info("peer %s disconnected", peer.id)
 
     def received(self, peer: Peer, text: str) -> None:
@@ -402,27 +415,51 @@ class Gossip:
         return until is not None and until > time.time()
 
     def broadcast(self, text: str, *, exclude: Peer | None = None) -> None:
-        """Send ``text`` once to every node connected, none of it to ``exclude``'s node.
+        """Send ``text`` once to every node connected, none of it to ``exclude``'s node (see ``targets``)."""
+        self.send_to(self.targets(exclude=exclude), text)
+
+    def targets(self, *, exclude: Peer | None = None) -> list[Peer]:
+        """The connections a frame goes over: one per node connected, none to ``exclude``'s node.
 
         Two nodes that list each other are connected twice (each dials the other); the
         frame goes over one of them, the connection this node dialed, as every copy costs
         both ends a websocket frame and a digest. A connection whose node id is not
         proven yet (its handshake under way) gets every frame.
+
+        ``exclude`` is the peer a relayed frame came from. A node that frame's sender says
+        it is connected to (its last ``status``) is skipped too: the sender sent the frame
+        to each node it is connected to, bar those connected to its own source, which had
+        it from there by the same rule, so a relay to them would only be dropped by its digest.
         """
         with self.lock:
             peers = list(self.peers.values())
         skip = exclude.node_id if exclude is not None and exclude.node_id else None
         dialed = {p.node_id for p in peers if p.direction == "out" and p.node_id}
+        had_it = self.links.get(skip, frozenset()) if skip is not None else frozenset()
+        chosen = []
         for peer in peers:
             node = peer.node_id
             if peer is exclude or (node and (node == skip or node in self.blocked_nodes)):
                 continue
             if node and peer.direction == "in" and node in dialed:
                 continue
+            if node and node in had_it:
+                continue
+            chosen.append(peer)
+        return chosen
+
+    @staticmethod
+    def send_to(peers: list[Peer], text: str) -> None:
+        for peer in peers:
             try:
                 peer.send(text)
             except Exception as exc:
                 logger.debug("send to %s failed: %s", peer.id, exc)
+
+    def linked_nodes(self) -> list[str]:
+        """The proven node ids this node exchanges frames with (told to peers in ``status``)."""
+        with self.lock:
+            return sorted({p.node_id for p in self.peers.values() if p.node_id and p.node_id not in self.blocked_nodes})
 
     def stop(self) -> None:
         self._stopping = True
@@ -479,6 +516,7 @@ class ConsensusDriver:
         self.stack_logged_at = 0.0
         self.last_commit_messages: list[str] = []
         self.lock_height: int | None = None  # the height of the lock saved by this process, if any
+        self.saved_lock: tuple | None = None  # (height, round, block id) last saved
         self.min_fee: int | None = None
         self.decided_at: float = time.time()
         self.height = 0
@@ -685,7 +723,7 @@ class ConsensusDriver:
 
         # A lock is saved only while its height is being decided, so one for a height this
         # process has not started yet can only be a previous run's: read at start-up alone,
-        # not with every height (the record holds a whole block).
+        # not with every height.
         locked = load_lock(height) if initial else None
         if (initial and locked is None) or (self.lock_height is not None and self.lock_height < height):
             clear_lock()
@@ -722,14 +760,11 @@ class ConsensusDriver:
     def _do(self, outputs: list) -> None:
         for output in outputs:
             if isinstance(output, Broadcast):
+                if output.message["type"] == "vote" and output.message["vote"]["type"] == "precommit":
+                    self._save_lock()
                 self.gossip.broadcast(json.dumps(output.message, ensure_ascii=False))
                 if self.signer is not None and self.signer.double_sign:
                     self._double_sign(output.message)
-                if output.message["type"] == "vote" and output.message["vote"]["type"] == "precommit":
-                    state = self.height_state
-                    if state is not None and state.locked_id is not None:
-                        save_lock(state.height, state.locked_round, state.locked_id, state.locked_block)
-                        self.lock_height = state.height
             elif isinstance(output, ScheduleTimeout):
                 self._schedule(output.delay_ms, ("timeout", output.step, output.height, output.round))
             elif isinstance(output, Misbehaviour):
@@ -737,6 +772,16 @@ class ConsensusDriver:
             elif isinstance(output, Decide):
                 self._decide(output)
                 return
+
+    def _save_lock(self) -> None:
+        """Persist the lock a precommit is about to be sent under, if it changed."""
+        state = self.height_state
+        if state is None or state.locked_id is None:
+            return
+        lock = (state.height, state.locked_round, state.locked_id)
+        if lock != self.saved_lock:
+            save_lock(*lock)
+            self.lock_height, self.saved_lock = state.height, lock
 
     def _double_sign(self, message: dict) -> None:
         """Test hook (``AITBC_TEST_DOUBLE_SIGN``): after each prevote, prevote for something else too."""
@@ -754,10 +799,9 @@ class ConsensusDriver:
 
         block = block_commit(body=decision.block, commit=decision.commit, checked=True)
         self.decided_at = time.time()
-        message = json.dumps(
-            {"type": "block", "height": block.height, "block": decision.block, "commit": decision.commit},
-            ensure_ascii=False,
-        )
+        # The commit alone: the peers hold the block (its proposal) unless they missed it, and
+        # then fetch it; the whole block to each would cost every node three copies a height.
+        message = json.dumps({"type": "commit", "commit": decision.commit})
         self.last_commit_messages = [message]
         self.gossip.broadcast(message)
         logger.info(
@@ -819,6 +863,14 @@ class ConsensusDriver:
         elif kind == "auth":
             self._on_auth(peer, message)
         elif kind == "status":
+            links = message.get("peers")
+            if (
+                peer.node_id
+                and isinstance(links, list)
+                and len(links) <= MAX_LINKS
+                and all(type(n) is str for n in links)
+            ):
+                self.gossip.links[peer.node_id] = frozenset(links)
             if type(message.get("height")) is int:
                 peer.height = max(peer.height, message["height"])
                 self._maybe_sync(peer)
@@ -829,6 +881,8 @@ class ConsensusDriver:
                 self.gossip.counters["dropped_txs"] += 1
         elif kind in ("proposal", "vote"):
             self._consensus_message(peer, message)
+        elif kind == "commit":
+            self._on_commit(peer, message)
         elif kind == "block":
             self._on_block(peer, message, text)
         elif kind == "evidence":
@@ -989,8 +1043,10 @@ class ConsensusDriver:
             # stop), with its author's fields only, encoded as its author encodes it, so an
             # honest copy is the author's text to the byte and the nodes that had it from its
             # author drop the relay by its digest, unparsed.
-            relay = {k: message[k] for k in RELAY_FIELDS[message["type"]] if k in message}
-            self.gossip.broadcast(json.dumps(relay, ensure_ascii=False), exclude=peer)
+            targets = self.gossip.targets(exclude=peer)
+            if targets:  # encoding a proposal's block for nobody would cost as much as sending it
+                relay = {k: message[k] for k in RELAY_FIELDS[message["type"]] if k in message}
+                self.gossip.send_to(targets, json.dumps(relay, ensure_ascii=False))
         self._do(outputs)
 
     def _authentic(self, peer: Peer, item: Proposal | Vote, state: HeightState) -> bool:
@@ -1024,6 +1080,42 @@ class ConsensusDriver:
             kind = "proposal" if isinstance(item, Proposal) else item.step
             self.gossip.penalize(peer, PENALTY["bad_signature"], f"{kind} with an invalid signature")
         return valid
+
+    def _on_commit(self, peer: Peer, message: dict) -> None:
+        """A peer decided a height: applied here too when this node holds the block it names."""
+        from chain.services import BlockInvalid, block_commit
+
+        commit = message.get("commit")
+        if not (isinstance(commit, dict) and type(commit.get("height")) is int and type(commit.get("block_id")) is str):
+            self.gossip.penalize(peer, PENALTY["bad_block"], "malformed commit message")
+            return
+        height = commit["height"]
+        if height <= self.height:
+            return  # decided here already: the usual case
+        peer.height = max(peer.height, height)
+        state = self.height_state
+        block = state.blocks.get(commit["block_id"]) if state is not None and state.height == height else None
+        if block is None:
+            # This node missed the block's proposal (or is further behind): the block comes
+            # whole from the peer's RPC, its commit checked there as any synced block's.
+            if height == self.height + 1 and time.monotonic() >= peer.sync_after:
+                if self.sync_from(peer) == 0:
+                    peer.sync_after = time.monotonic() + SYNC_RETRY_S
+            else:
+                self._maybe_sync(peer)
+            return
+        try:
+            block_commit(body=block, commit=commit)
+        except BlockInvalid as exc:
+            self.gossip.penalize(peer, PENALTY["bad_block"], f"invalid commit {height}: {exc}")
+            return
+        except (KeyError, TypeError, ValueError, ProtocolError) as exc:
+            self.gossip.penalize(peer, PENALTY["bad_block"], f"malformed commit {height}: {exc}")
+            return
+        self.decided_at = time.time()
+        logger.info("height %d final from a peer's commit: %d transactions", height, len(block.get("txs") or []))
+        self.last_commit_messages = [json.dumps({"type": "commit", "commit": commit})]
+        self._new_height()
 
     def _on_block(self, peer: Peer, message: dict, text: str | None = None) -> None:
         from chain.models import ChainState
@@ -1067,7 +1159,7 @@ class ConsensusDriver:
         from chain.models import ChainState
 
         height = ChainState.objects.get(singleton=1).height
-        self.gossip.broadcast(json.dumps({"type": "status", "height": height}))
+        self.gossip.broadcast(json.dumps({"type": "status", "height": height, "peers": self.gossip.linked_nodes()}))
         with self.gossip.lock:
             peers = list(self.gossip.peers.values())
         for peer in peers:

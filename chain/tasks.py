@@ -6,6 +6,9 @@ BEAT_SCHEDULE = {
     "chain consensus tick": ("chain.consensus_tick", 1),
     "chain watch head": ("chain.watch_head", 1),
 }
+# Entries a node process disables in its own database: the head watcher serves web processes,
+# which learn of blocks from a node, while a node announces the blocks it applies itself.
+NODE_DISABLED = {"chain watch head"}
 
 
 @shared_task(name="chain.consensus_tick", ignore_result=True)

@@ -348,3 +348,27 @@ def test_a_validator_locked_on_a_block_does_not_precommit_another_at_that_height
     precommits = [o.message for o in outputs if isinstance(o, Broadcast) and o.message["vote"]["type"] == PRECOMMIT]
     assert [m["vote"]["block_id"] for m in precommits] == [p1.block_id]
     assert (state.locked_round, state.locked_id) == (1, p1.block_id)
+
+
+def test_a_lock_restored_without_its_block_still_binds_and_its_proposer_offers_a_new_block() -> None:
+    """After a restart only the lock's id is known: prevotes stay bound to it, and proposing needs a fresh block."""
+    keys = [Key(bytes([i + 1]) * 32) for i in range(4)]
+    valset = ValidatorSet({k.address: (k.pubkey_hex, 1) for k in keys})
+    me = next(k for k in keys if k.address == valset.proposer(1, 0))
+    locked_id, _block = block_for(1, valset.proposer(1, 3), 0, "locked")
+    state = HeightState(
+        chain_id=CHAIN,
+        height=1,
+        validators=valset,
+        signer=GuardedSigner(me),
+        propose=lambda h, r: block_for(h, me.address, r, "fresh"),
+        validate=validate,
+        locked=(0, locked_id, None),
+    )
+    outputs = state.start()
+    messages = [o.message for o in outputs if isinstance(o, Broadcast)]
+    proposals = [m for m in messages if m["type"] == "proposal"]
+    assert [p["proposal"]["block_id"] for p in proposals] == [block_for(1, me.address, 0, "fresh")[0]]
+    assert proposals[0]["proposal"]["pol_round"] is None
+    prevotes = [m["vote"]["block_id"] for m in messages if m["type"] == "vote"]
+    assert prevotes == [""], "locked on another block, it prevotes nil for its own fresh one"

@@ -269,3 +269,85 @@ def test_a_padded_txs_message_is_relayed_re_encoded_and_an_honest_one_as_it_came
     padded = '{"type": "txs", "txs": ' + json.dumps([txs[1]], ensure_ascii=False) + " " * 5000 + "}"
     node._admit_gossiped([(source, json.loads(honest), honest), (source, json.loads(padded), padded)])
     assert relayed == [honest, json.dumps({"type": "txs", "txs": [txs[1]]}, ensure_ascii=False)]
+
+
+def test_a_relay_skips_the_nodes_its_source_says_it_is_connected_to() -> None:
+    """The source sent the frame to each node it is connected to: a relay to those would die at the digest."""
+    node = gossip_node(CHAIN)
+    connect(node, "in-x", "in", "node-x")
+    also_linked = connect(node, "out-y", "out", "node-y")
+    connect(node, "in-y", "in", "node-y")
+    not_linked = connect(node, "out-z", "out", "node-z")
+    source = node.gossip.peers["in-x"]
+    node._on_text(source, json.dumps({"type": "status", "height": 0, "peers": ["node-y", "node-w"]}))
+    # What y says of its own links does not matter here, nor over which connection it said it.
+    node._on_text(node.gossip.peers["in-y"], json.dumps({"type": "status", "height": 0, "peers": ["node-z"]}))
+    node.gossip.broadcast("relay", exclude=source)
+    assert (also_linked, not_linked) == ([], ["relay"])
+    node.gossip.broadcast("own frame")
+    assert (also_linked, not_linked) == (["own frame"], ["relay", "own frame"])
+
+
+def test_a_status_names_the_proven_nodes_this_node_exchanges_frames_with() -> None:
+    node = gossip_node(CHAIN)
+    connect(node, "out-x", "out", "node-x")
+    connect(node, "in-x", "in", "node-x")
+    connect(node, "in-anon", "in")
+    connect(node, "out-y", "out", "node-y")
+    node.gossip.blocked_nodes = {"node-y"}
+    assert node.gossip.linked_nodes() == ["node-x"]
+
+
+def test_a_status_with_a_malformed_peer_list_leaves_the_links_as_they_were() -> None:
+    node = gossip_node(CHAIN)
+    connect(node, "in-x", "in", "node-x")
+    peer = node.gossip.peers["in-x"]
+    node._on_text(peer, json.dumps({"type": "status", "height": 0, "peers": ["node-y"]}))
+    node._on_text(peer, json.dumps({"type": "status", "height": 0, "peers": ["node-z", 7]}))
+    node._on_text(peer, json.dumps({"type": "status", "height": 0, "peers": ["n"] * 1001}))
+    assert node.gossip.links == {"node-x": {"node-y"}} and peer.score == 0
+    anonymous = connect(node, "in-anon", "in")  # no proven id: nothing it says of links is kept
+    node._on_text(node.gossip.peers["in-anon"], json.dumps({"type": "status", "height": 0, "peers": ["node-q"]}))
+    assert anonymous == [] and node.gossip.links == {"node-x": {"node-y"}}
+
+
+def test_a_commit_of_a_height_the_node_has_is_dropped_and_a_malformed_one_costs_points() -> None:
+    node = gossip_node(CHAIN)
+    connect(node, "out-x", "out", "node-x")
+    peer = node.gossip.peers["out-x"]
+    node.height = 7
+    node._on_text(peer, json.dumps({"type": "commit", "commit": {"height": 7, "block_id": "ab" * 32}}))
+    assert peer.score == 0
+    node._on_text(peer, json.dumps({"type": "commit", "commit": {"height": "8"}}))
+    assert peer.score < 0
+
+
+def test_a_relay_is_not_encoded_when_no_peer_needs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chain import network
+
+    keys = [Key(bytes([i]) * 32) for i in range(1, 5)]
+    node = gossip_node(CHAIN)
+    node.height_state = height_state(keys)
+    connect(node, "in-x", "in", "node-x")
+    connect(node, "out-y", "out", "node-y")
+    source = node.gossip.peers["in-x"]
+    node.gossip.links["node-x"] = frozenset({"node-y"})  # the only other node had it from the source
+    encoded: list[dict] = []
+    real_dumps = network.json.dumps
+    monkeypatch.setattr(network.json, "dumps", lambda obj, **kw: encoded.append(obj) or real_dumps(obj, **kw))
+    node._consensus_message(source, signed_vote(keys[1], 1, "prevote", "ab" * 32).message(CHAIN))
+    assert not [m for m in encoded if m.get("type") == "vote"]
+
+
+@pytest.mark.django_db
+def test_a_saved_lock_is_its_round_and_block_id_and_comes_back_for_its_height_only() -> None:
+    """The lock restrains votes by its id; the block itself is not written with every lock."""
+    from chain.models import SignerState
+    from chain.network import clear_lock, load_lock, save_lock
+
+    save_lock(5, 1, "ab" * 32)
+    assert SignerState.objects.get(singleton=1).locked == {"height": 5, "round": 1, "block_id": "ab" * 32}
+    assert load_lock(5) == (1, "ab" * 32, None)
+    assert load_lock(6) is None
+    clear_lock()
+    assert load_lock(5) is None

@@ -106,7 +106,10 @@ class Attacker:
         sent, received = 0, []
         async with websockets.connect(self.url, max_size=MAX_MESSAGE_BYTES * 2, open_timeout=10) as ws:
             await ws.send(json.dumps(self.hello))
+            # Until its hello, gossip may reach us too: a connection not yet proven gets every frame.
             answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            while answer.get("type") != "hello":
+                answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
             assert answer["type"] == "hello" and answer["chain_id"] == self.chain_id, answer
             # The node proved its id over our challenge; we prove ours (the attacker's own key) over its.
             assert handshake.proof_valid(
