@@ -99,7 +99,9 @@ def healthy(url: str, headers: dict[str, str] | None = None) -> bool:
 def start_devnet(data_dir: Path, port: int) -> tuple[subprocess.Popen, str, str]:
     """A devnet with one provider on the embedded backend; (process, coordinator URL, demo key)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    env = {"AITBC_DATA_DIR": str(data_dir), "LOG_LEVEL": "WARNING"}
+    # With AITBC_GATEWAY_TRACE=1 each gateway request's timeline is logged (web.log), at INFO.
+    level = "INFO" if os.environ.get("AITBC_GATEWAY_TRACE") == "1" else "WARNING"
+    env = {"AITBC_DATA_DIR": str(data_dir), "LOG_LEVEL": level}
     process = spawn(
         [sys.executable, "manage.py", "devnet", "--port", str(port), "--providers", "1"],
         log=data_dir / "devnet.out",
