@@ -1083,7 +1083,6 @@ class ConsensusDriver:
 
     def _on_commit(self, peer: Peer, message: dict) -> None:
         """A peer decided a height: applied here too when this node holds the block it names."""
-        from chain.services import BlockInvalid, block_commit
 
         commit = message.get("commit")
         if not (isinstance(commit, dict) and type(commit.get("height")) is int and type(commit.get("block_id")) is str):
@@ -1104,22 +1103,30 @@ class ConsensusDriver:
             else:
                 self._maybe_sync(peer)
             return
-        try:
-            block_commit(body=block, commit=commit)
-        except BlockInvalid as exc:
-            self.gossip.penalize(peer, PENALTY["bad_block"], f"invalid commit {height}: {exc}")
-            return
-        except (KeyError, TypeError, ValueError, ProtocolError) as exc:
-            self.gossip.penalize(peer, PENALTY["bad_block"], f"malformed commit {height}: {exc}")
+        if not self._commit_from(peer, block, commit, f"commit {height}"):
             return
         self.decided_at = time.time()
         logger.info("height %d final from a peer's commit: %d transactions", height, len(block.get("txs") or []))
         self.last_commit_messages = [json.dumps({"type": "commit", "commit": commit})]
         self._new_height()
 
+    def _commit_from(self, peer: Peer, block: dict, commit: Any, what: str) -> bool:
+        """Apply a peer's block with its commit; False (the peer penalized) if either is refused."""
+        from chain.services import BlockInvalid, block_commit
+
+        try:
+            block_commit(body=block, commit=commit)
+        except BlockInvalid as exc:
+            self.gossip.penalize(peer, PENALTY["bad_block"], f"invalid {what}: {exc}")
+            return False
+        except (KeyError, TypeError, ValueError, ProtocolError) as exc:
+            # ValueError: a header the canonical encoding refuses (a lone surrogate, NaN from the C decoder).
+            self.gossip.penalize(peer, PENALTY["bad_block"], f"malformed {what}: {exc}")
+            return False
+        return True
+
     def _on_block(self, peer: Peer, message: dict, text: str | None = None) -> None:
         from chain.models import ChainState
-        from chain.services import BlockInvalid, block_commit
 
         block, commit = message.get("block"), message.get("commit")
         if not isinstance(block, dict) or not isinstance(block.get("header"), dict):
@@ -1133,14 +1140,7 @@ class ConsensusDriver:
             peer.height = max(peer.height, height)
             self._maybe_sync(peer)
             return
-        try:
-            block_commit(body=block, commit=commit)
-        except BlockInvalid as exc:
-            self.gossip.penalize(peer, PENALTY["bad_block"], f"invalid block {height}: {exc}")
-            return
-        except (KeyError, TypeError, ValueError, ProtocolError) as exc:
-            # ValueError: a header the canonical encoding refuses (a lone surrogate, NaN from the C decoder).
-            self.gossip.penalize(peer, PENALTY["bad_block"], f"malformed block {height}: {exc}")
+        if not self._commit_from(peer, block, commit, f"block {height}"):
             return
         self.decided_at = time.time()
         logger.info("height %d final from a peer's block: %d transactions", height, len(block.get("txs") or []))
