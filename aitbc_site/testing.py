@@ -85,3 +85,32 @@ def start_in_process_node(monkeypatch) -> InProcessNode:
     cache.clear()
     shared_state.reset_local()
     return InProcessNode(client=client, keys=keys, genesis=genesis)
+
+
+async def asgi_request(method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request through the project's real ASGI application: status, headers, body."""
+    from asgiref.testing import ApplicationCommunicator
+
+    from aitbc_site.asgi import application
+
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 5555),
+    }
+    communicator = ApplicationCommunicator(application, scope)
+    await communicator.send_input({"type": "http.request", "body": body, "more_body": False})
+    start = await communicator.receive_output(10)
+    content = b""
+    while True:
+        message = await communicator.receive_output(10)
+        content += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    return start["status"], {k.decode().lower(): v.decode() for k, v in start["headers"]}, content

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from asgiref.testing import ApplicationCommunicator
 
+from aitbc_site.testing import asgi_request
 from chain.tests.support import transfer
 
 pytest_plugins = ["aitbc_site.tests.dashboard_fixtures"]
@@ -55,29 +55,8 @@ def test_admin_link_is_for_staff_only(browser, user) -> None:
 
 
 async def _get(path: str) -> tuple[int, bytes]:
-    from aitbc_site.asgi import application
-
-    scope = {
-        "type": "http",
-        "http_version": "1.1",
-        "method": "GET",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [(b"host", b"127.0.0.1")],
-        "server": ("127.0.0.1", 8000),
-        "client": ("127.0.0.1", 5555),
-    }
-    communicator = ApplicationCommunicator(application, scope)
-    await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
-    start = await communicator.receive_output(10)
-    body = b""
-    while True:
-        message = await communicator.receive_output(10)
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    return start["status"], body
+    status, _headers, body = await asgi_request("GET", path)
+    return status, body
 
 
 @pytest.mark.parametrize(

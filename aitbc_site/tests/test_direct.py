@@ -11,40 +11,13 @@ import json
 
 import pytest
 from asgiref.sync import async_to_sync
-from asgiref.testing import ApplicationCommunicator
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.urls import get_resolver
 
 from aitbc_site.direct import is_direct
+from aitbc_site.testing import asgi_request
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-async def _call(method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
-    from aitbc_site.asgi import application
-
-    scope = {
-        "type": "http",
-        "http_version": "1.1",
-        "method": method,
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
-        "server": ("127.0.0.1", 8000),
-        "client": ("127.0.0.1", 5555),
-    }
-    communicator = ApplicationCommunicator(application, scope)
-    await communicator.send_input({"type": "http.request", "body": body, "more_body": False})
-    start = await communicator.receive_output(10)
-    content = b""
-    while True:
-        message = await communicator.receive_output(10)
-        content += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
-    return start["status"], headers, content
 
 
 @pytest.fixture
@@ -74,7 +47,7 @@ def test_gateway_endpoints_skip_the_middleware_and_keep_security_headers(
     session_hooks: list[str], method: str, path: str, body
 ) -> None:
     payload = json.dumps(body).encode() if body is not None else b""
-    status, headers, content = async_to_sync(_call)(method, path, payload)
+    status, headers, content = async_to_sync(asgi_request)(method, path, payload)
     # No key: the gateway's own authentication answers, in its API's error shape.
     assert status == 401, (status, content)
     assert "error" in json.loads(content)
@@ -85,7 +58,7 @@ def test_gateway_endpoints_skip_the_middleware_and_keep_security_headers(
 
 
 def test_other_requests_go_through_the_whole_stack(session_hooks: list[str]) -> None:
-    status, headers, _content = async_to_sync(_call)("GET", "/accounts/login/")
+    status, headers, _content = async_to_sync(asgi_request)("GET", "/accounts/login/")
     assert status == 200
     assert headers.get("x-content-type-options") == "nosniff"
     assert "csrftoken" in headers.get("set-cookie", "")
