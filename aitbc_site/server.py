@@ -121,12 +121,15 @@ def run_server(
     on_ready: Callable[[], None] | None = None,
     on_stop: Callable[[], None] | None = None,
     beat_apps: set[str] | None = None,
+    beat_disabled: set[str] | None = None,
     websocket_max_bytes: int = 1024 * 1024,
 ) -> None:
     """Serve until SIGINT or SIGTERM; in embedded mode also run Celery's worker and beat as threads.
 
     ``websocket_max_bytes`` bounds a message a websocket client may send (Daphne's default,
-    1 MiB, is below a chain node's blocks and proposals).
+    1 MiB, is below a chain node's blocks and proposals). ``beat_apps`` names the apps whose
+    periodic tasks this process's database schedules; ``beat_disabled``, entries among them
+    this process disables.
     """
     # Importing daphne.server installs Twisted's asyncio reactor; it must
     # happen before anything else imports the reactor.
@@ -134,11 +137,13 @@ def run_server(
     from daphne.server import Server, twisted_loop
 
     from aitbc_site import embedded
-    from aitbc_site.beat import sync_beat_schedule
+    from aitbc_site.beat import disable_beat_entries, sync_beat_schedule
     from aitbc_site.celery import app as celery_app
     from aitbc_site.events import register_server_loop
 
     sync_beat_schedule(beat_apps)
+    if beat_disabled:
+        disable_beat_entries(beat_disabled)
     worker = None
     if settings.EMBEDDED and embedded_worker:
         worker = embedded.EmbeddedCelery(celery_app, concurrency=worker_threads)

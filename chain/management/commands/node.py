@@ -133,12 +133,7 @@ class Command(BaseCommand):
                 "polling_interval": NODE_BROKER_POLL_S,
             }
 
-        # Beat sends a task a second for each enabled entry: a node's beat sends only those it uses.
-        from aitbc_site.beat import disable_beat_entries, sync_beat_schedule
         from chain.tasks import NODE_DISABLED
-
-        sync_beat_schedule({"chain"})
-        disable_beat_entries(NODE_DISABLED)
 
         # Peers dialing in send whole proposals and blocks: Daphne's 1 MiB default would drop them.
         run_server(
@@ -151,4 +146,6 @@ class Command(BaseCommand):
             # A node's database serves the chain only: the coordinator's and the automation's
             # periodic tasks would contend with consensus for its write lock.
             beat_apps={"chain"},
+            # Beat sends a task a second for each enabled entry: a node's beat sends only those it uses.
+            beat_disabled=NODE_DISABLED,
         )
