@@ -78,33 +78,23 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, its live descendants, and the children it has reaped.
+    """User + system CPU seconds of a process and every process it started, live or reaped.
 
     A node runs helper processes (its transaction check processes): their CPU is the node's.
     """
     ticks = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    own: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    total = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(fields[1])
-        own[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    total = (int(fields[13]) + int(fields[14])) / ticks
-    tree = {pid}
-    grew = True
-    while grew:
-        grew = False
-        for child, parent in parents.items():
-            if parent in tree and child not in tree:
-                tree.add(child)
-                grew = True
-    return total + sum(own.get(member, 0.0) for member in tree)
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15])  # utime, stime, and the reaped children's
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue  # it exited meanwhile
+    return total / ticks
 
 
 def progress(items, total: int, what: str):

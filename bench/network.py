@@ -48,6 +48,7 @@ from _common import (
     progress,
     start_devnet,
     stop_devnet,
+    tree_cpu_seconds,
     wait_until,
 )
 from ledger import raw_verify_rate
@@ -98,24 +99,6 @@ class LogWatcher(threading.Thread):
 
     def height(self, index: int) -> int:
         return max(self.final[index], default=0)
-
-
-def node_cpu_seconds(pid: int) -> float:
-    """CPU seconds of a node process with every process it started (a node may check batches in
-    child processes): user and system time of each live one, and of those that exited."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(f) for f in fields[11:15])  # utime, stime, and the reaped children's
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pending += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError):
-            continue  # it exited meanwhile
-    return total / ticks
 
 
 def launch_devnet(workdir: Path, port: int, block_time_ms: int) -> tuple[subprocess.Popen, dict]:
@@ -280,9 +263,9 @@ def run(network: dict, args: argparse.Namespace) -> dict:
     follower = threading.Thread(target=follow_blocks, daemon=True)
     follower.start()
     # What the idle network costs (empty blocks, ticks), to tell the transactions' own share.
-    idle_start, idle_cpu = time.time(), sum(node_cpu_seconds(pid) for pid in pids)
+    idle_start, idle_cpu = time.time(), sum(tree_cpu_seconds(pid) for pid in pids)
     time.sleep(IDLE_SECONDS)
-    cpu_before = sum(node_cpu_seconds(pid) for pid in pids)
+    cpu_before = sum(tree_cpu_seconds(pid) for pid in pids)
     idle_rate = (cpu_before - idle_cpu) / (time.time() - idle_start)
     t0 = time.time()
     with ThreadPoolExecutor(8) as pool:
@@ -294,7 +277,7 @@ def run(network: dict, args: argparse.Namespace) -> dict:
     stop.set()
     state["drain_deadline"] = time.time() + 120
     follower.join(130)
-    cpu_after = sum(node_cpu_seconds(pid) for pid in pids)
+    cpu_after = sum(tree_cpu_seconds(pid) for pid in pids)
     t_drained = time.time()
     time.sleep(0.5)
     watcher.poll()
