@@ -173,8 +173,13 @@ def verify_receipt(signed: Any) -> dict[str, Any]:
     check_receipt_fields(receipt)
     if address_from_pubkey_hex(receipt["pubkey"]) != receipt["provider"]:
         raise ProtocolError("bad_signature", "receipt provider is not the address of its pubkey")
+    try:
+        signed_bytes = DOMAIN_RECEIPT + canonical_json(receipt)
+    except (UnicodeEncodeError, ValueError) as exc:
+        # Only reachable for objects that did not come through parse_strict (a lone surrogate).
+        raise _malformed(f"receipt cannot be encoded canonically: {exc}") from None
     if not is_hex(signed["signature"], 64) or not verify(
-        bytes.fromhex(receipt["pubkey"]), DOMAIN_RECEIPT + canonical_json(receipt), bytes.fromhex(signed["signature"])
+        bytes.fromhex(receipt["pubkey"]), signed_bytes, bytes.fromhex(signed["signature"])
     ):
         raise ProtocolError("bad_signature", "the receipt signature does not verify")
     return receipt

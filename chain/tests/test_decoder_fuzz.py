@@ -223,6 +223,37 @@ def test_receipts_refuse_mutations_with_protocol_codes(data: st.DataObject) -> N
         assert_protocol_error(verify_receipt, candidate)
 
 
+def test_a_lone_surrogate_in_any_receipt_or_authentication_string_is_malformed() -> None:
+    # Decoded by a lenient decoder, a string may hold a lone surrogate, which has no UTF-8
+    # form: the canonical bytes cannot be built, and the answer is a protocol error.
+    signed = build_receipt(
+        KEY,
+        job_id="job-1",
+        coordinator=COORDINATOR,
+        model="smollm2",
+        job_input={"prompt": "hi"},
+        output="hello",
+        input_tokens=2,
+        output_tokens=1,
+        started_ms=NOW_MS,
+        finished_ms=NOW_MS + 10,
+        finish_reason="stop",
+    )
+    auth = build_provider_auth(KEY, coordinator=COORDINATOR, purpose="connect", now_ms=NOW_MS)
+    for name, value in signed["receipt"].items():
+        if isinstance(value, str):
+            assert_protocol_error(verify_receipt, {**signed, "receipt": {**signed["receipt"], name: "\ud800"}})
+    for name, value in auth.items():
+        if isinstance(value, str):
+            assert_protocol_error(
+                verify_provider_auth,
+                {**auth, name: "\ud800"},
+                coordinator=COORDINATOR,
+                purpose="connect",
+                now_ms=NOW_MS,
+            )
+
+
 @FAST
 @given(st.data())
 def test_provider_authentications_refuse_mutations_with_protocol_codes(data: st.DataObject) -> None:
