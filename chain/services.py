@@ -158,12 +158,19 @@ class AdmitResult:
         return {"id": self.id}
 
 
-def mempool_admit(*, txs: list[Any], chain_id: str, min_fee: int, verified: bool = False) -> list[AdmitResult]:
+def mempool_admit(
+    *, txs: list[Any], chain_id: str, min_fee: int, verified: bool = False, known_first: bool = True
+) -> list[AdmitResult]:
     """Admit parsed transactions to the mempool; one result per input, in order.
 
     The stateless checks (and the signature, unless ``verified``) run before
     the database transaction so the lock is held only for the stateful ones.
     A transaction that fails admission leaves no record.
+
+    ``known_first`` looks the ids up before verifying, so a transaction already held
+    costs no signature check: worth it where resubmissions are common (clients that
+    retry). Gossip passes False: a peer's batch is new to this node but for races, and
+    admission under the lock answers a known id as a duplicate all the same.
     """
     results: list[AdmitResult | None] = [None] * len(txs)
     structured: list[tuple[int, CheckedTx]] = []
@@ -173,7 +180,7 @@ def mempool_admit(*, txs: list[Any], chain_id: str, min_fee: int, verified: bool
             structured.append((index, check_transaction(raw, chain_id=chain_id, min_fee=0, verify_signature=False)))
         except ProtocolError as exc:
             results[index] = AdmitResult(error=exc)
-    return _admit_structured(results, structured, min_fee=min_fee, verified=verified)
+    return _admit_structured(results, structured, min_fee=min_fee, verified=verified, known_first=known_first)
 
 
 def _admit_structured(
@@ -183,6 +190,7 @@ def _admit_structured(
     min_fee: int,
     verified: bool = False,
     valid: dict[int, bool] | None = None,
+    known_first: bool = True,
 ) -> list[AdmitResult]:
     """The rest of admission for transactions that passed the stateless checks.
 
@@ -193,7 +201,7 @@ def _admit_structured(
     # without paying for their signatures again. Signatures checked already need the
     # lookup only where they failed (a known id is a duplicate before it is a bad
     # signature); the others meet their known ids under the write lock.
-    unsure = [] if verified else [c.id for i, c in structured if valid is None or not valid[i]]
+    unsure = [] if verified or not known_first else [c.id for i, c in structured if valid is None or not valid[i]]
     if unsure:
         known = {
             row[0]
@@ -406,25 +414,16 @@ def _admit_locked(checked: list[tuple[int, CheckedTx]], *, every_id: bool = Fals
             f"SELECT address, balance, nonce FROM {_ACCOUNT} WHERE address {{in}}", senders
         )
     }
-    # The database sums what is pending per sender; of the pending (sender, nonce) pairs
-    # only those the batch could collide with are read.
+    # What the batch's senders have pending: the sum their balances must still cover, and
+    # the (sender, nonce) pairs taken. One read of their pending rows serves both (summing
+    # needs each row anyway: spend is not in the index).
     pending_spend: dict[str, int] = defaultdict(int)
-    for sender, spend in _select_in(
-        f"SELECT sender, SUM(spend) FROM {_TX} WHERE status = 'pending' AND sender {{in}} GROUP BY sender",
-        senders,
-    ):
-        pending_spend[sender] = int(spend)
     pending_nonces: set[tuple[str, int]] = set()
-    batch_nonces = sorted({c.nonce for _i, c in checked})
-    for nonces in _chunks(batch_nonces, 400):
-        operand, nonce_params = _in(nonces)
-        pending_nonces.update(
-            _select_in(
-                f"SELECT sender, nonce FROM {_TX} WHERE status = 'pending' AND sender {{in}} AND nonce {operand}",
-                senders,
-                after=nonce_params,
-            )
-        )
+    for sender, nonce, spend in _select_in(
+        f"SELECT sender, nonce, spend FROM {_TX} WHERE status = 'pending' AND sender {{in}}", senders
+    ):
+        pending_spend[sender] += spend
+        pending_nonces.add((sender, nonce))
     # A stored id is either pending, so its (sender, nonce) is pending, or was included in
     # a block, so its nonce is below the account's: only those are looked up. The one
     # other kind, a transaction dropped from a block, fails the insert on its primary key
