@@ -108,7 +108,7 @@ class BatchView(NodeView):
         results, admitted = services.batch_admit(
             body=request.body, chain_id=state.chain_id, min_fee=state.params["min_fee"]
         )
-        _gossip(admitted)
+        _gossip(admitted, submitted=request.body if len(admitted) == len(results) else None)
         return Response([r.as_dict() for r in results])
 
 
@@ -171,14 +171,17 @@ class BlockView(NodeView):
         return Response(selectors.block_detail(height))
 
 
-def _gossip(txs: list) -> None:
-    """Pass transactions admitted here on to the other nodes (admission has committed)."""
+def _gossip(txs: list, *, submitted: bytes | None = None) -> None:
+    """Pass transactions admitted here on to the other nodes (admission has committed).
+
+    ``submitted``: the body they came in, all of it admitted (``broadcast_txs``).
+    """
     from chain.network import driver
 
     current = driver()
     # Without peers there is no one to send to, and encoding a batch costs as much as parsing it.
     if current is not None and txs and current.gossip.peers:
-        current.broadcast_txs(txs)
+        current.broadcast_txs(txs, submitted=submitted)
 
 
 def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:

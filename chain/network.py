@@ -577,9 +577,19 @@ class ConsensusDriver:
     def _prove(self, challenge: str) -> str:
         return handshake.prove(self.identity, chain_id=self.chain_id, genesis_id=self.genesis_id, challenge=challenge)
 
-    def broadcast_txs(self, txs: list[dict]) -> None:
-        """Gossip transactions this node admitted (called after the admission committed)."""
-        if txs:
+    def broadcast_txs(self, txs: list[dict], *, submitted: bytes | None = None) -> None:
+        """Gossip transactions this node admitted (called after the admission committed).
+
+        ``submitted`` is the batch body they came in, when every transaction of it was
+        admitted: it passed the strict parse, so it is the JSON array of exactly ``txs``
+        and goes out as it is, unless it is longer than those transactions could honestly
+        be (the bound a relay keeps), which saves encoding the batch again.
+        """
+        if not txs:
+            return
+        if submitted is not None and len(submitted) <= RELAY_CHARS_PER_TX * len(txs):
+            self._send_txs('{"type": "txs", "txs": ' + submitted.decode("utf-8") + "}")
+        else:
             self._send_txs(json.dumps({"type": "txs", "txs": txs}, ensure_ascii=False))
 
     def _send_txs(self, text: str, *, exclude: Peer | None = None) -> None:

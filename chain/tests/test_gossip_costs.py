@@ -67,6 +67,20 @@ def test_txs_frames_this_node_sends_are_dropped_when_relays_bring_them_back() ->
     assert node.tx_inbox.empty()
 
 
+def test_a_batch_admitted_whole_goes_out_as_submitted_and_otherwise_encoded_again() -> None:
+    node = gossip_node(CHAIN)
+    sent = connect(node, "out-x", "out", "node-x")
+    txs = [{"any": "transaction", "n": n} for n in range(3)]
+    body = json.dumps(txs, indent=1).encode()  # a client's own spacing
+    node.broadcast_txs(txs, submitted=body)
+    # Padded past what its transactions could honestly take, it is encoded again.
+    node.broadcast_txs(txs, submitted=b" " * (1024 * len(txs)) + json.dumps(txs).encode())
+    node.broadcast_txs(txs[:2])
+    assert [json.loads(frame)["txs"] for frame in sent] == [txs, txs, txs[:2]]
+    assert sent[0] == '{"type": "txs", "txs": ' + body.decode() + "}"
+    assert len(sent[1]) < 1024
+
+
 def test_a_block_of_a_height_the_node_has_is_dropped_before_it_is_parsed() -> None:
     node = gossip_node(CHAIN)
     connect(node, "out-x", "out", "node-x")
