@@ -989,8 +989,7 @@ class ConsensusDriver:
         if self.min_fee is None:  # a genesis parameter: read once
             self.min_fee = ChainState.objects.get(singleton=1).params["min_fee"]
         every = [tx for _peer, txs, _text in batches for tx in txs]
-        # No lookup of known ids before verifying: a peer's batch is new here but for races.
-        results = mempool_admit(txs=every, chain_id=self.chain_id, min_fee=self.min_fee, known_first=False)
+        results = mempool_admit(txs=every, chain_id=self.chain_id, min_fee=self.min_fee)
         start = 0
         for peer, txs, text in batches:
             mine = results[start : start + len(txs)]

@@ -158,19 +158,12 @@ class AdmitResult:
         return {"id": self.id}
 
 
-def mempool_admit(
-    *, txs: list[Any], chain_id: str, min_fee: int, verified: bool = False, known_first: bool = True
-) -> list[AdmitResult]:
+def mempool_admit(*, txs: list[Any], chain_id: str, min_fee: int, verified: bool = False) -> list[AdmitResult]:
     """Admit parsed transactions to the mempool; one result per input, in order.
 
     The stateless checks (and the signature, unless ``verified``) run before
     the database transaction so the lock is held only for the stateful ones.
     A transaction that fails admission leaves no record.
-
-    ``known_first`` looks the ids up before verifying, so a transaction already held
-    costs no signature check: worth it where resubmissions are common (clients that
-    retry). Gossip passes False: a peer's batch is new to this node but for races, and
-    admission under the lock answers a known id as a duplicate all the same.
     """
     results: list[AdmitResult | None] = [None] * len(txs)
     structured: list[tuple[int, CheckedTx]] = []
@@ -180,7 +173,7 @@ def mempool_admit(
             structured.append((index, check_transaction(raw, chain_id=chain_id, min_fee=0, verify_signature=False)))
         except ProtocolError as exc:
             results[index] = AdmitResult(error=exc)
-    return _admit_structured(results, structured, min_fee=min_fee, verified=verified, known_first=known_first)
+    return _admit_structured(results, structured, min_fee=min_fee, verified=verified)
 
 
 def _admit_structured(
@@ -190,7 +183,6 @@ def _admit_structured(
     min_fee: int,
     verified: bool = False,
     valid: dict[int, bool] | None = None,
-    known_first: bool = True,
 ) -> list[AdmitResult]:
     """The rest of admission for transactions that passed the stateless checks.
 
@@ -201,7 +193,7 @@ def _admit_structured(
     # without paying for their signatures again. Signatures checked already need the
     # lookup only where they failed (a known id is a duplicate before it is a bad
     # signature); the others meet their known ids under the write lock.
-    unsure = [] if verified or not known_first else [c.id for i, c in structured if valid is None or not valid[i]]
+    unsure = [] if verified else [c.id for i, c in structured if valid is None or not valid[i]]
     if unsure:
         known = {
             row[0]

@@ -289,30 +289,3 @@ def test_resubmitted_pending_and_committed_transactions_are_duplicates(chain: Ch
     chain.batch([pending])
     results = chain.batch([committed, pending, transfer(alice, 2, bob.address, 5)])
     assert [r.get("error", {}).get("code") for r in results] == ["duplicate", "duplicate", None], results
-
-
-@pytest.mark.parametrize("known_first", [True, False], ids=["looked-up-first", "under-the-lock"])
-def test_known_transactions_are_duplicates_with_or_without_the_lookup_before_verifying(
-    chain: ChainHarness, monkeypatch: pytest.MonkeyPatch, known_first: bool
-) -> None:
-    alice, bob = chain.keys.alice, chain.keys.bob
-    committed, pending, fresh = (transfer(alice, n, bob.address, 5) for n in range(3))
-    chain.batch([committed])
-    chain.produce()
-    chain.batch([pending])
-    verified: list[str] = []
-    real_verify = services.verify_signatures
-
-    def counting(checked):
-        verified.extend(c.id for c in checked)
-        return real_verify(checked)
-
-    monkeypatch.setattr(services, "verify_signatures", counting)
-    state = ChainState.objects.get()
-    results = services.mempool_admit(
-        txs=[committed, pending, fresh], chain_id=state.chain_id, min_fee=MIN_FEE, known_first=known_first
-    )
-    assert [r.error.code if r.error else None for r in results] == ["duplicate", "duplicate", None]
-    # Looked up first, the known two cost no signature check; gossip's way verifies all three.
-    assert verified == ([tx_id(fresh)] if known_first else [tx_id(t) for t in (committed, pending, fresh)])
-    assert Transaction.objects.filter(status=Transaction.PENDING).count() == 2
