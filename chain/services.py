@@ -35,7 +35,7 @@ from chain.protocol.errors import ProtocolError
 from chain.protocol.keys import Key
 from chain.protocol.tx import NONCE_WINDOW, check_transaction, signature_valid
 from chain.protocol.tx import Transaction as CheckedTx
-from chain.validators import VALSET_DELAY, change_id, validator_set_at
+from chain.validators import VALSET_DELAY, change_id, forget_validator_sets, validator_set_at
 
 logger = logging.getLogger(__name__)
 
@@ -962,6 +962,9 @@ def _apply_approvals(approvals: list[tuple[str, str, int, str]], height: int) ->
     """Record validator set approvals; a change approved by more than 2/3 of the power is scheduled."""
     if not approvals:
         return
+    # Read before this block's writes, and forgotten once they commit (another thread may
+    # read the rows meanwhile and keep what it read).
+    transaction.on_commit(forget_validator_sets)
     current = validator_set_at(height)
     total = sum(power for _pub, power in current.values())
     for address, pubkey, power, approver in approvals:
@@ -981,6 +984,7 @@ def _apply_approvals(approvals: list[tuple[str, str, int, str]], height: int) ->
                 defaults={"pubkey": pubkey, "power": power, "reason": f"validator_update approved at height {height}"},
             )
             pending.update(applied=True)
+            forget_validator_sets()
             logger.info("validator set change: %s power %d from height %d", address, power, effective)
 
 
@@ -991,9 +995,15 @@ class BlockInvalid(Exception):
     """A proposed or synced block breaks a rule; the message says which."""
 
 
-def block_build(*, proposer: str, round_: int, now_ms: int | None = None) -> tuple[str, dict[str, Any]]:
-    """A proposal for the next height from this node's mempool and pending evidence (no writes)."""
-    state = chain_state()
+def block_build(
+    *, proposer: str, round_: int, now_ms: int | None = None, state: ChainState | None = None
+) -> tuple[str, dict[str, Any]]:
+    """A proposal for the next height from this node's mempool and pending evidence (no writes).
+
+    ``state`` is the chain head as the caller read it, when it knows no block was applied since
+    (the consensus thread, which applies them).
+    """
+    state = state or chain_state()
     height = state.height + 1
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     last_ms = int(state.latest_block_time.timestamp() * 1000)
@@ -1114,13 +1124,15 @@ def _apply_block_txs(
     return view, results, rejected
 
 
-def block_check(body: Any) -> str:
+def block_check(body: Any, *, state: ChainState | None = None) -> str:
     """Every rule a proposed block must meet to be the next block; returns its id.
 
     Signatures of transactions already in this node's mempool were verified at
-    admission and are not verified again.
+    admission and are not verified again. ``state`` is the chain head as the caller
+    read it, when it knows no block was applied since (the consensus thread, which
+    applies them).
     """
-    state = chain_state()
+    state = state or chain_state()
     if not isinstance(body, dict) or set(body) != {"header", "txs", "evidence"}:
         raise BlockInvalid("a block is {header, txs, evidence}")
     header, txs, evidence = body["header"], body["txs"], body["evidence"]
@@ -1224,7 +1236,8 @@ def block_commit(*, body: dict[str, Any], commit: dict[str, Any], checked: bool 
     Idempotent: committing the block already at that height returns it. The
     commit must hold precommits of more than 2/3 of the power at that height.
     ``checked`` says this node's consensus already ran ``block_check`` on it
-    against the same state (the state cannot move between: one thread decides).
+    against the same state (the state cannot move between: one thread decides), and
+    built the commit itself from precommits whose signatures it verified as they came.
     """
     with transaction.atomic():
         state = ChainState.objects.select_for_update().get(singleton=1)
@@ -1237,16 +1250,17 @@ def block_commit(*, body: dict[str, Any], commit: dict[str, Any], checked: bool 
             return existing
         if header["height"] != state.height + 1:
             raise BlockInvalid(f"block {header['height']} does not follow height {state.height}")
-        try:
-            proto_block.verify_commit(
-                commit,
-                chain_id=state.chain_id,
-                height=header["height"],
-                block_id=bid,
-                validators=validator_set_at(header["height"]),
-            )
-        except ProtocolError as exc:
-            raise BlockInvalid(f"commit refused: {exc.message}") from None
+        if not checked:
+            try:
+                proto_block.verify_commit(
+                    commit,
+                    chain_id=state.chain_id,
+                    height=header["height"],
+                    block_id=bid,
+                    validators=validator_set_at(header["height"]),
+                )
+            except ProtocolError as exc:
+                raise BlockInvalid(f"commit refused: {exc.message}") from None
         height = header["height"]
         # The checked form, ledger view and outcomes block_check computed, when it ran on this head.
         # A block id names its header, which names its transactions' ids and its evidence: a block
@@ -1326,6 +1340,7 @@ def _jail(evidence: dict[str, Any], height: int) -> None:
     )
     pubkey = validator_set_at(height).get(validator, ("", 0))[0]
     if pubkey:
+        transaction.on_commit(forget_validator_sets)
         Validator.objects.update_or_create(
             address=validator,
             effective_height=height + 1,
