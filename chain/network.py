@@ -37,6 +37,7 @@ from typing import Any
 
 import requests
 from django.db import close_old_connections
+from django.db.models import Q
 
 from chain import handshake
 from chain.consensus import (
@@ -119,44 +120,81 @@ class DbSigner:
     """Signs votes and proposals at most once per (height, round, step), remembered in the database.
 
     The record is written and committed before the signature leaves, so a node killed
-    right after signing still knows on restart what it signed.
+    right after signing still knows on restart what it signed. This process is the row's
+    only writer: it reads the row once and then decides from what it last wrote, and each
+    signature costs one conditional UPDATE, which refuses to move the record backwards
+    whatever this process believes.
+
+    The same write keeps the validator's lock (``save_lock``): a precommit for a block is
+    signed exactly when the state machine locks on that block in that round, so the precommit's
+    record carries the lock, and the first signature of a later height drops a lock left from
+    an earlier one. A lock then costs no write of its own.
     """
 
     def __init__(self, key: Key, *, double_sign: bool = False) -> None:
         self.key = key
         self.address = key.address
         self.double_sign = double_sign  # test hook: a faulty validator that signs conflicting votes
+        self.last: tuple[int, int, int, str, str] | None = None  # (height, round, step, block id, signature)
+        self.lock_height: int | None = None  # the height of the lock the row may hold (None: unknown)
+        self.lock_written: tuple[int, int, str] | None = None  # (height, round, block id) written last
+
+    def _load(self) -> tuple[int, int, int, str, str]:
+        from chain.models import SignerState
+
+        # The guard's columns and the lock, read once: from then on this process knows the row.
+        row = (
+            SignerState.objects.filter(singleton=1)
+            .values_list("height", "round", "step", "block_id", "signature", "locked")
+            .first()
+        )
+        if row is None:
+            SignerState.objects.get_or_create(singleton=1)
+            row = (0, 0, 0, "", "", None)
+        locked = row[5]
+        self.lock_height = locked.get("height", -1) if isinstance(locked, dict) else -1
+        return row[:5]
 
     def _guard(self, height: int, round_: int, step: str, block_id: str, sign) -> str | None:
-        from django.db import transaction
-
         from chain.models import SignerState
 
         order = STEP_ORDER[step]
-        with transaction.atomic():
-            # Only the columns the guard needs: the row also holds the lock, a whole block.
-            row = (
-                SignerState.objects.select_for_update()
-                .filter(singleton=1)
-                .values_list("height", "round", "step", "block_id", "signature")
-                .first()
+        if self.last is None:
+            self.last = self._load()
+        last_height, last_round, last_step, last_block_id, last_signature = self.last
+        last = (last_height, last_round, last_step)
+        here = (height, round_, order)
+        if here < last and not self.double_sign:
+            return None
+        if here == last and last_signature:
+            if last_block_id == block_id or self.double_sign:
+                return last_signature if last_block_id == block_id else sign()
+            return None
+        signature = sign()
+        fields: dict[str, Any] = {"height": height, "round": round_, "step": order, "block_id": block_id}
+        if step == "precommit" and block_id:
+            fields["locked"] = {"height": height, "round": round_, "block_id": block_id}
+        elif self.lock_height is not None and self.lock_height < height:
+            fields["locked"] = None
+        rows = SignerState.objects.filter(singleton=1)
+        if not self.double_sign:
+            rows = rows.filter(
+                Q(height__lt=height)
+                | Q(height=height, round__lt=round_)
+                | Q(height=height, round=round_, step__lt=order)
+                | Q(height=height, round=round_, step=order, signature="")
             )
-            if row is None:
-                SignerState.objects.get_or_create(singleton=1)
-                row = (0, 0, 0, "", "")
-            last_height, last_round, last_step, last_block_id, last_signature = row
-            last = (last_height, last_round, last_step)
-            here = (height, round_, order)
-            if here < last and not self.double_sign:
-                return None
-            if here == last and last_signature:
-                if last_block_id == block_id or self.double_sign:
-                    return last_signature if last_block_id == block_id else sign()
-                return None
-            signature = sign()
-            SignerState.objects.filter(singleton=1).update(
-                height=height, round=round_, step=order, block_id=block_id, signature=signature
-            )
+        if rows.update(signature=signature, **fields) != 1:
+            # The record is not what this process last wrote (another process shares the key's
+            # database): believe the record, and sign nothing it does not allow.
+            self.last = None
+            self.lock_height = None
+            return None
+        self.last = (height, round_, order, block_id, signature)
+        if "locked" in fields:
+            locked = fields["locked"]
+            self.lock_height = height if locked else -1
+            self.lock_written = (height, round_, block_id) if locked else None
         return signature
 
     def sign_vote(self, chain_id: str, height: int, round_: int, step: str, block_id: str) -> str | None:
@@ -520,6 +558,9 @@ class ConsensusDriver:
         self.min_fee: int | None = None
         self.decided_at: float = time.time()
         self.height = 0
+        # The chain head as the consensus thread last read it: only this thread applies blocks,
+        # so it stays exact until the thread applies one, and the checks of a height reuse it.
+        self.head = None
         self._stop = threading.Event()
 
     # public, thread-safe
@@ -703,6 +744,7 @@ class ConsensusDriver:
     def _new_height(self, *, initial: bool = False) -> None:
         from chain.models import ChainState
 
+        self.head = None
         if not self.run_consensus:
             self.height = ChainState.objects.get(singleton=1).height
             return
@@ -711,6 +753,7 @@ class ConsensusDriver:
 
         state = ChainState.objects.get(singleton=1)
         self.height = state.height
+        self.head = state
         height = state.height + 1
         validators = validator_set_at(height)
         if not validators:
@@ -720,13 +763,13 @@ class ConsensusDriver:
 
         def propose(h: int, r: int) -> tuple[str, dict]:
             assert self.key is not None
-            return block_build(proposer=self.key.address, round_=r)
+            return block_build(proposer=self.key.address, round_=r, state=self.head)
 
         def validate(block: dict) -> str | None:
             from chain.services import BlockInvalid
 
             try:
-                return block_check(block)
+                return block_check(block, state=self.head)
             except BlockInvalid as exc:
                 logger.warning("invalid proposal at height %d: %s", height, exc)
                 return None
@@ -735,8 +778,12 @@ class ConsensusDriver:
         # process has not started yet can only be a previous run's: read at start-up alone,
         # not with every height.
         locked = load_lock(height) if initial else None
-        if (initial and locked is None) or (self.lock_height is not None and self.lock_height < height):
+        if initial and locked is None:
             clear_lock()
+            self.lock_height = None
+        elif self.lock_height is not None and self.lock_height < height:
+            # The signer's next write drops the lock of an earlier height (``DbSigner``); a node
+            # without a signer holds no lock.
             self.lock_height = None
         self.height_state = HeightState(
             chain_id=self.chain_id,
@@ -790,7 +837,11 @@ class ConsensusDriver:
             return
         lock = (state.height, state.locked_round, state.locked_id)
         if lock != self.saved_lock:
-            save_lock(*lock)
+            # Written with the precommit's signature already, unless the signer did not write it.
+            if self.signer is None or self.signer.lock_written != lock:
+                save_lock(*lock)
+                if self.signer is not None:
+                    self.signer.lock_height = state.height
             self.lock_height, self.saved_lock = state.height, lock
 
     def _double_sign(self, message: dict) -> None:
@@ -1166,9 +1217,7 @@ class ConsensusDriver:
             for output in state.retransmit():
                 if isinstance(output, Broadcast):
                     self.gossip.broadcast(json.dumps(output.message, ensure_ascii=False))
-        from chain.models import ChainState
-
-        height = ChainState.objects.get(singleton=1).height
+        height = self.height  # kept by this thread, which alone applies blocks
         self.gossip.broadcast(json.dumps({"type": "status", "height": height, "peers": self.gossip.linked_nodes()}))
         with self.gossip.lock:
             peers = list(self.gossip.peers.values())
@@ -1220,15 +1269,21 @@ class ConsensusDriver:
                 if applied == 0 and peer.id in self.gossip.peers:
                     self.gossip.penalize(peer, PENALTY["unservable_height"], f"claims height {target}, serves none")
                 break
+            refused = False
             for item in blocks:
                 try:
                     block_commit(body=item["block"], commit=item["commit"])
                 except (BlockInvalid, KeyError, TypeError, ValueError, ProtocolError) as exc:
                     self.gossip.penalize(peer, PENALTY["bad_block"], f"sync: bad block {height}: {exc}")
-                    return applied
+                    refused = True
+                    break
                 applied += 1
                 height += 1
                 progress.update(height - 1)
+            if refused:
+                # The blocks applied before the bad one still start the next height: the
+                # driver's head and height must follow every block this thread applies.
+                break
         progress.close()
         if applied:
             self.decided_at = time.time()
