@@ -116,6 +116,9 @@ def genesis_load(*, genesis: dict[str, Any]) -> tuple[ChainState, bool]:
             for v in genesis["validators"]
         ]
     )
+    # bulk_create sends no save signal: the validator rows any thread kept are dropped here.
+    forget_validator_sets()
+    transaction.on_commit(forget_validator_sets)
     state = ChainState.objects.create(
         chain_id=genesis["chain_id"],
         genesis_id=gid,
