@@ -194,9 +194,12 @@ CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
-# The in-memory transport polls its queues; poll often so a queued task starts
-# within milliseconds. Redis delivers with BRPOP and needs no polling.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.01} if EMBEDDED else {"visibility_timeout": 3600}
+# In embedded mode a put on the in-memory broker wakes the worker at once
+# (aitbc_site.embedded.MemoryTransport); the polling interval only bounds how long it
+# sleeps between looks anyway. Redis delivers with BRPOP and needs no polling.
+if EMBEDDED:
+    CELERY_BROKER_TRANSPORT = "aitbc_site.embedded:MemoryTransport"
+CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 1.0} if EMBEDDED else {"visibility_timeout": 3600}
 # TLS (rediss://): the server's certificate is always verified, against the system's CAs
 # or REDIS_CA_FILE's private CA. Every Redis client (channel layer, broker, results,
 # shared_state) takes the same options, so none of them can trust less than the others.

@@ -6,6 +6,7 @@ import asyncio
 import secrets
 
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from chain import network
@@ -13,6 +14,20 @@ from chain import network
 
 class P2PConsumer(AsyncWebsocketConsumer):
     """An inbound peer. Frames go to the consensus thread's queue; it answers through ``peer.send``."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        # Channels' own loop also listens on a channel-layer channel it opens for the
+        # consumer, waiting on both with a new task and an asyncio.wait for every frame;
+        # this consumer joins no group and nothing sends to its channel, so it reads the
+        # client alone.
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
 
     async def dispatch(self, message: dict) -> None:
         # Channels' own dispatch first closes stale database connections, a round trip to a

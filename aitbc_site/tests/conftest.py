@@ -14,12 +14,13 @@ from conftest import Spawned, clean_env, manage_argv, wait_until
 
 @pytest.fixture
 def memory_app(unique_name: Callable[[str], str]) -> Iterator[Celery]:
-    """A Celery app on kombu's in-memory transport, as embedded mode runs it."""
+    """A Celery app on the in-memory broker, as embedded mode runs it."""
     # No Django fixup: it would close the test thread's database connection (inside the
     # test's transaction) when the worker starts.
     app = Celery("aitbc-embedded-test", broker="memory://", backend="cache+memory://", set_as_current=False, fixups=[])
     app.conf.task_default_queue = unique_name("embedded-queue")
-    app.conf.broker_transport_options = {"polling_interval": 0.01}
+    app.conf.broker_transport = "aitbc_site.embedded:MemoryTransport"
+    app.conf.broker_transport_options = {"polling_interval": 1.0}
     # The worker's pool threads look tasks up in Celery's default app (a plain
     # WorkController does not bind its app to them as `celery worker` does); in
     # `serve` that is the project's app, here it must be this one.

@@ -21,8 +21,6 @@ from chain import node
 from chain.protocol.errors import ProtocolError
 from chain.services import GenesisMismatch, genesis_load
 
-NODE_BROKER_POLL_S = 0.1
-
 
 def read_password(path: str | None) -> str:
     if path:
@@ -121,17 +119,6 @@ class Command(BaseCommand):
             node.stop_producer()
             driver.stop()
             stop_check_processes()
-
-        if settings.EMBEDDED:
-            # A node's only tasks are beat's (the consensus tick and the head watcher, once a
-            # second each): its embedded worker need not poll the in-memory broker every 10 ms,
-            # which was most of an idle node's CPU.
-            from aitbc_site.celery import app as celery_app
-
-            celery_app.conf.broker_transport_options = {
-                **celery_app.conf.broker_transport_options,
-                "polling_interval": NODE_BROKER_POLL_S,
-            }
 
         from chain.tasks import NODE_DISABLED
 
