@@ -203,10 +203,8 @@ def test_commits_refuse_mutations_with_protocol_codes(data: st.DataObject) -> No
 # -- receipts and provider authentication --------------------------------------------------------------
 
 
-@FAST
-@given(st.data())
-def test_receipts_refuse_mutations_with_protocol_codes(data: st.DataObject) -> None:
-    signed = build_receipt(
+def signed_receipt() -> dict[str, Any]:
+    return build_receipt(
         KEY,
         job_id="job-1",
         coordinator=COORDINATOR,
@@ -219,6 +217,12 @@ def test_receipts_refuse_mutations_with_protocol_codes(data: st.DataObject) -> N
         finished_ms=NOW_MS + 10,
         finish_reason="stop",
     )
+
+
+@FAST
+@given(st.data())
+def test_receipts_refuse_mutations_with_protocol_codes(data: st.DataObject) -> None:
+    signed = signed_receipt()
     for candidate in (mutate(data, signed), data.draw(json_values)):
         assert_protocol_error(verify_receipt, candidate)
 
@@ -226,19 +230,7 @@ def test_receipts_refuse_mutations_with_protocol_codes(data: st.DataObject) -> N
 def test_a_lone_surrogate_in_any_receipt_or_authentication_string_is_malformed() -> None:
     # Decoded by a lenient decoder, a string may hold a lone surrogate, which has no UTF-8
     # form: the canonical bytes cannot be built, and the answer is a protocol error.
-    signed = build_receipt(
-        KEY,
-        job_id="job-1",
-        coordinator=COORDINATOR,
-        model="smollm2",
-        job_input={"prompt": "hi"},
-        output="hello",
-        input_tokens=2,
-        output_tokens=1,
-        started_ms=NOW_MS,
-        finished_ms=NOW_MS + 10,
-        finish_reason="stop",
-    )
+    signed = signed_receipt()
     auth = build_provider_auth(KEY, coordinator=COORDINATOR, purpose="connect", now_ms=NOW_MS)
     for name, value in signed["receipt"].items():
         if isinstance(value, str):
