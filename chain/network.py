@@ -553,7 +553,6 @@ class ConsensusDriver:
         self.loop_seen_at = time.monotonic()
         self.stack_logged_at = 0.0
         self.last_commit_messages: list[str] = []
-        self.lock_height: int | None = None  # the height of the lock saved by this process, if any
         self.saved_lock: tuple | None = None  # (height, round, block id) last saved
         self.min_fee: int | None = None
         self.decided_at: float = time.time()
@@ -778,13 +777,9 @@ class ConsensusDriver:
         # process has not started yet can only be a previous run's: read at start-up alone,
         # not with every height.
         locked = load_lock(height) if initial else None
+        # A lock of an earlier height left since is dropped by the signer's next write (``DbSigner``).
         if initial and locked is None:
             clear_lock()
-            self.lock_height = None
-        elif self.lock_height is not None and self.lock_height < height:
-            # The signer's next write drops the lock of an earlier height (``DbSigner``); a node
-            # without a signer holds no lock.
-            self.lock_height = None
         self.height_state = HeightState(
             chain_id=self.chain_id,
             height=height,
@@ -842,7 +837,7 @@ class ConsensusDriver:
                 save_lock(*lock)
                 if self.signer is not None:
                     self.signer.lock_height = state.height
-            self.lock_height, self.saved_lock = state.height, lock
+            self.saved_lock = lock
 
     def _double_sign(self, message: dict) -> None:
         """Test hook (``AITBC_TEST_DOUBLE_SIGN``): after each prevote, prevote for something else too."""

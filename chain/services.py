@@ -987,7 +987,6 @@ def _apply_approvals(approvals: list[tuple[str, str, int, str]], height: int) ->
                 defaults={"pubkey": pubkey, "power": power, "reason": f"validator_update approved at height {height}"},
             )
             pending.update(applied=True)
-            forget_validator_sets()
             logger.info("validator set change: %s power %d from height %d", address, power, effective)
 
 
