@@ -332,3 +332,18 @@ def manage_argv(*args: str) -> list[str]:
 @pytest.fixture(name="manage_argv")
 def manage_argv_fixture() -> Callable[..., list[str]]:
     return manage_argv
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_caches() -> None:
+    """Forget what the process keeps in memory beside the database.
+
+    The mempool and the kept validator rows outlive a test's database, which is rolled back
+    without the writes that would clear them: the next test's chain would find the previous
+    test's transactions pending and its validators in the set.
+    """
+    from chain.mempool import mempool
+    from chain.validators import forget_validator_sets
+
+    mempool.clear()
+    forget_validator_sets()

@@ -212,10 +212,10 @@ STAGES = [
     ("parse", "strict JSON parse of the batch bodies"),
     ("checks", "stateless checks (fields, addresses, canonical bytes, id)"),
     ("verify", "Ed25519 verify (CPU of all verify threads)"),
-    ("admit_db", "admission under the write lock (reads, rules, insert, commit)"),
+    ("admit_db", "admission under the mempool lock (account reads, rules, mempool insert)"),
     ("admit_rest", "rest of mempool_admit (known-id lookup, results)"),
     ("block_build", "block build (candidates, accounts, state transition, header)"),
-    ("block_store", "block store (block row, accounts, statuses)"),
+    ("block_store", "block store (block row, accounts, transaction rows)"),
     ("block_rest", "rest of block production (state lock, commit)"),
 ]
 

@@ -26,7 +26,7 @@ class ChainState(models.Model):
     latest_block_id = models.CharField(max_length=64)
     latest_block_time = models.DateTimeField()
     total_supply = models.BigIntegerField()
-    mempool_seq = models.BigIntegerField(default=0, help_text="arrival number of the last admitted transaction")
+    mempool_seq = models.BigIntegerField(default=0, help_text="storage number of the last stored transaction")
 
     class Meta:
         constraints = [models.CheckConstraint(condition=Q(singleton=1), name="chainstate_singleton")]
@@ -122,10 +122,12 @@ class Account(models.Model):
 
 
 class Transaction(models.Model):
-    """A transaction admitted to this node's mempool, or included in a block.
+    """A transaction a block decided: committed, rejected by its code inside the block, or
+    dropped by the block producer (rejected, no height).
 
-    ``body`` is the transaction's canonical JSON (signature included).
-    A transaction that failed admission is never stored.
+    Pending transactions are not stored: they live in the node's memory (``chain.mempool``),
+    and the RPC answers for them from there. ``body`` is the transaction's canonical JSON
+    (signature included). A transaction that failed admission is never stored.
     """
 
     PENDING = "pending"
@@ -134,7 +136,7 @@ class Transaction(models.Model):
     STATUSES = [(PENDING, "pending"), (COMMITTED, "committed"), (REJECTED, "rejected")]
 
     id = models.CharField(max_length=64, primary_key=True)
-    seq = models.BigIntegerField(help_text="arrival order in this node's mempool")
+    seq = models.BigIntegerField(help_text="storage order on this node (the order blocks decided transactions)")
     sender = models.CharField(max_length=64)
     nonce = models.BigIntegerField()
     fee = models.BigIntegerField()
@@ -147,22 +149,6 @@ class Transaction(models.Model):
     error_code = models.CharField(max_length=32, blank=True, default="")
     error_message = models.CharField(max_length=300, blank=True, default="")
     received_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        # Applying a block rewrites status and height of thousands of rows, and each
-        # index over those columns costs a B-tree update per row: the pending-only
-        # indexes lose their entries and nothing else moves.
-        indexes = [
-            models.Index(fields=["seq"], condition=Q(status="pending"), name="tx_pending_seq"),
-            # Only admission reads by escrow, and only pending pays and refunds: most rows
-            # (transfers, committed transactions) stay out of this index.
-            models.Index(fields=["escrow"], condition=Q(status="pending") & ~Q(escrow=""), name="tx_pending_escrow"),
-        ]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["sender", "nonce"], condition=Q(status="pending"), name="tx_one_pending_per_nonce"
-            ),
-        ]
 
     def __str__(self) -> str:
         return self.id

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.db.models import Q
 
+from chain.mempool import Pending, mempool
 from chain.models import Account, Block, ChainState, Escrow, Transaction
 from chain.protocol.block import format_time_ms
 from chain.protocol.errors import ProtocolError
@@ -29,12 +30,16 @@ def status(state: ChainState, *, peers: list[dict] | None = None) -> dict[str, A
         "params": state.params,
         "validators": validators,
         "peers": peers or [],
-        "mempool_size": Transaction.objects.filter(status=Transaction.PENDING).count(),
+        "mempool_size": len(mempool),
         "total_supply": state.total_supply,
     }
 
 
 def transaction_detail(tx_id: str) -> dict[str, Any]:
+    # Pending first: a transaction dropped from a block (rejected, no height) may be pending again.
+    entry = mempool.get(tx_id)
+    if entry is not None:
+        return {"id": tx_id, "status": Transaction.PENDING, "height": None, "tx": entry.tx.tx, "error": None}
     tx = Transaction.objects.filter(id=tx_id).first()
     if tx is None:
         raise ProtocolError("not_found", f"no transaction {tx_id}")
@@ -155,9 +160,27 @@ def recent_transactions(limit: int = 25, *, scan_blocks: int = 500) -> list[dict
     return _summaries([rows[i] for i in ids if i in rows])
 
 
+def _pending_row(entry: Pending) -> Transaction:
+    """A pending transaction in the shape of a stored one (never saved)."""
+    c = entry.tx
+    return Transaction(
+        id=c.id,
+        seq=0,
+        sender=c.sender,
+        nonce=c.nonce,
+        fee=c.fee,
+        type=c.type,
+        spend=entry.spend,
+        escrow=c.payload.get("escrow", ""),
+        body=c.body,
+        status=Transaction.PENDING,
+        received_at=entry.received_at,
+    )
+
+
 def pending_transactions(limit: int = 25) -> list[dict[str, Any]]:
     """The mempool, oldest first."""
-    return _summaries(list(Transaction.objects.filter(status=Transaction.PENDING).order_by("seq")[:limit]))
+    return _summaries([_pending_row(entry) for entry in mempool.oldest(limit)])
 
 
 def account_transactions(address: str, limit: int = 50) -> list[dict[str, Any]]:
@@ -168,9 +191,12 @@ def account_transactions(address: str, limit: int = 50) -> list[dict[str, Any]]:
     cost every admission and every block an index update per transaction).
     """
     decode_address(address)
+    pending = [_pending_row(entry) for entry in mempool.involving(address, limit)]
     received = f'"to":"{address}"'
-    txs = Transaction.objects.filter(Q(sender=address) | Q(body__contains=received)).order_by("-seq")[:limit]
-    return _summaries(list(txs))
+    shown = {tx.id for tx in pending}
+    stored = Transaction.objects.filter(Q(sender=address) | Q(body__contains=received)).order_by("-seq")
+    txs = pending + [tx for tx in stored[:limit] if tx.id not in shown]
+    return _summaries(txs[:limit])
 
 
 def escrow_list(*, payer: str | None = None, job_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
@@ -255,6 +281,8 @@ def explorer_search(query: str) -> dict[str, Any] | None:
         return {"kind": "block", "height": height} if Block.objects.filter(height=height).exists() else None
     if len(query) == 64 and all(c in "0123456789abcdef" for c in query.lower()):
         ident = query.lower()
+        if ident in mempool:
+            return {"kind": "transaction", "id": ident, "height": None}
         tx_height = Transaction.objects.filter(id=ident).values_list("height", flat=True).first()
         if tx_height is not None or Transaction.objects.filter(id=ident).exists():
             return {"kind": "transaction", "id": ident, "height": tx_height}

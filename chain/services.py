@@ -1,20 +1,19 @@
 """Writes to the ledger: genesis, mempool admission, block production and application.
 
-Every write runs in one database transaction that first locks the
-``ChainState`` row, so admissions and block application are serialized on
-PostgreSQL (on SQLite the IMMEDIATE transaction does the same). Side effects
-(live events) go out only after commit.
+Admission writes nothing to the database: pending transactions live in this process's
+mempool (``chain.mempool``). A block is written in one database transaction that first
+locks the ``ChainState`` row, and it commits, and its transactions leave the mempool,
+under the mempool's lock, which admission holds too: an admission sees the ledger and
+the mempool of one moment. Side effects (live events) of a block go out only after commit.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
 import threading
 import time
-from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -23,11 +22,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
-from aitbc_site.events import EVENTS_GROUP, send_event_on_commit
+from aitbc_site.events import EVENTS_GROUP, send_event, send_event_on_commit
 from chain.ledger import EscrowState, LedgerView, Outcome, apply_transaction, check_escrow_rules
+from chain.mempool import mempool
 from chain.models import Account, Block, ChainState, Escrow, Evidence, Transaction, Validator, ValidatorApproval
 from chain.protocol import batch
 from chain.protocol import block as proto_block
@@ -119,6 +119,8 @@ def genesis_load(*, genesis: dict[str, Any]) -> tuple[ChainState, bool]:
     # bulk_create sends no save signal: the validator rows any thread kept are dropped here.
     forget_validator_sets()
     transaction.on_commit(forget_validator_sets)
+    # A new chain: nothing pending here belongs to it.
+    mempool.clear()
     state = ChainState.objects.create(
         chain_id=genesis["chain_id"],
         genesis_id=gid,
@@ -195,15 +197,17 @@ def _admit_structured(
     # Gossip brings back transactions this node already holds: answer those as duplicates
     # without paying for their signatures again. Signatures checked already need the
     # lookup only where they failed (a known id is a duplicate before it is a bad
-    # signature); the others meet their known ids under the write lock.
+    # signature); the others meet their known ids under the mempool lock.
     unsure = [] if verified else [c.id for i, c in structured if valid is None or not valid[i]]
     if unsure:
-        known = {
+        known = {tx_id for tx_id in unsure if tx_id in mempool}
+        known.update(
             row[0]
             for row in _select_in(
-                f"SELECT id FROM {_TX} WHERE id {{in}} AND NOT (status = 'rejected' AND height IS NULL)", unsure
+                f"SELECT id FROM {_TX} WHERE id {{in}} AND NOT (status = 'rejected' AND height IS NULL)",
+                [tx_id for tx_id in unsure if tx_id not in known],
             )
-        }
+        )
         if known:
             for index, c in structured:
                 if c.id in known:
@@ -366,16 +370,12 @@ def verify_signatures(checked: list[CheckedTx]) -> list[bool]:
 
 
 def _admit_checked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, AdmitResult]]:
-    _defer_checkpoints()
-    try:
-        with _writing(), transaction.atomic():
-            return _admit_locked(checked)
-    except IntegrityError:
-        # An id already stored where the first pass did not look for one: a transaction
-        # dropped from a block (rejected, no height) that came back. Nothing of that pass
-        # was kept; this one looks up every id.
-        with _writing(), transaction.atomic():
-            return _admit_locked(checked, every_id=True)
+    with mempool.lock:
+        out = _admit_locked(checked)
+    admitted = sum(1 for _i, r in out if r.error is None)
+    if admitted:
+        send_event(EVENTS_GROUP, {"type": "mempool", "admitted": admitted})
+    return out
 
 
 # SQLite copies its write-ahead log back into the database (a checkpoint, with an fsync)
@@ -397,86 +397,38 @@ def _checkpoint() -> None:
             cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
-def _admit_locked(checked: list[tuple[int, CheckedTx]], *, every_id: bool = False) -> list[tuple[int, AdmitResult]]:
-    state = ChainState.objects.select_for_update().get(singleton=1)
+def _admit_locked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, AdmitResult]]:
+    """The stateful admission checks, against the ledger and the mempool (``mempool.lock`` held)."""
+    state = chain_state()
     height = state.height
     params = state.params
     senders = list({c.sender for _i, c in checked})
-
     accounts: dict[str, tuple[int, int]] = {
         address: (balance, nonce)
         for address, balance, nonce in _select_in(
             f"SELECT address, balance, nonce FROM {_ACCOUNT} WHERE address {{in}}", senders
         )
     }
-    # What the batch's senders have pending: the sum their balances must still cover, and
-    # the (sender, nonce) pairs taken. One read of their pending rows serves both (summing
-    # needs each row anyway: spend is not in the index).
-    pending_spend: dict[str, int] = defaultdict(int)
-    pending_nonces: set[tuple[str, int]] = set()
-    for sender, nonce, spend in _select_in(
-        f"SELECT sender, nonce, spend FROM {_TX} WHERE status = 'pending' AND sender {{in}}", senders
-    ):
-        pending_spend[sender] += spend
-        pending_nonces.add((sender, nonce))
-    # A stored id is either pending, so its (sender, nonce) is pending, or was included in
-    # a block, so its nonce is below the account's: only those are looked up. The one
-    # other kind, a transaction dropped from a block, fails the insert on its primary key
-    # (``_admit_checked`` then passes ``every_id``).
-    suspects = [
-        c.id
-        for _i, c in checked
-        if every_id or c.nonce < accounts.get(c.sender, (0, 0))[1] or (c.sender, c.nonce) in pending_nonces
-    ]
+    # A nonce below the account's is refused either way; a stored id tells "duplicate" from "bad_nonce".
+    suspects = [c.id for _i, c in checked if c.nonce < accounts.get(c.sender, (0, 0))[1]]
     existing: dict[str, tuple[str, int | None]] = {
         tx_id: (status, tx_height)
         for tx_id, status, tx_height in _select_in(f"SELECT id, status, height FROM {_TX} WHERE id {{in}}", suspects)
     }
     escrow_ids = list({c.payload["escrow"] for _i, c in checked if "escrow" in c.payload})
     escrows: dict[str, EscrowState | None] = {}
-    pending_pays: dict[str, int] = defaultdict(int)
-    pending_locks: set[str] = set()
-    if escrow_ids:
-        for chunk in _chunks(escrow_ids):
-            for e in Escrow.objects.filter(id__in=chunk):
-                escrows[e.id] = escrow_state(e)
-            # The exclude states the partial index's condition so the planner may use it.
-            for escrow_id, tx_type, body in (
-                Transaction.objects.filter(escrow__in=chunk, status=Transaction.PENDING)
-                .exclude(escrow="")
-                .values_list("escrow", "type", "body")
-            ):
-                if tx_type == "escrow_pay":
-                    pending_pays[escrow_id] += json.loads(body)["payload"]["amount"]
-            pending_locks.update(
-                Transaction.objects.filter(id__in=chunk, status=Transaction.PENDING, type="escrow_lock").values_list(
-                    "id", flat=True
-                )
-            )
-    # Counting the mempool walks all of it; the span of its arrival numbers (each unique,
-    # handed out under this lock) bounds the count from two index lookups, and only a
-    # batch that could reach MEMPOOL_MAX within that bound needs the exact count.
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT (SELECT MIN(seq) FROM {_TX} WHERE status = 'pending'), "
-            f"(SELECT MAX(seq) FROM {_TX} WHERE status = 'pending')"
-        )
-        low, high = cursor.fetchone()
-    pending_count = 0 if low is None else high - low + 1
-    if pending_count + len(checked) > MEMPOOL_MAX:
-        pending_count = Transaction.objects.filter(status=Transaction.PENDING).count()
+    for chunk in _chunks(escrow_ids):
+        for e in Escrow.objects.filter(id__in=chunk):
+            escrows[e.id] = escrow_state(e)
 
     out: list[tuple[int, AdmitResult]] = []
-    rows: list[tuple] = []
-    revived: list[str] = []
-    seq = state.mempool_seq + 1
-    batch_ids: set[str] = set()
+    received_at = timezone.now()
     validators: dict[str, tuple[str, int]] | None = None
     for index, c in checked:
         spend = c.spend
         try:
-            if c.id in batch_ids:
-                raise ProtocolError("duplicate", f"transaction {c.id} appears twice in this batch")
+            if c.id in mempool:
+                raise ProtocolError("duplicate", f"transaction {c.id} is already pending")
             if c.id in existing:
                 status, tx_height = existing[c.id]
                 if status != Transaction.REJECTED or tx_height is not None:
@@ -489,12 +441,13 @@ def _admit_locked(checked: list[tuple[int, CheckedTx]], *, every_id: bool = Fals
                     "bad_nonce",
                     f"nonce {c.nonce} is beyond the window (account nonce {account_nonce} + {NONCE_WINDOW})",
                 )
-            if (c.sender, c.nonce) in pending_nonces:
+            if mempool.pending_at(c.sender, c.nonce) is not None:
                 raise ProtocolError("duplicate", f"another transaction from {c.sender} with nonce {c.nonce} is pending")
-            if balance - pending_spend[c.sender] < spend:
+            pending_spend = mempool.spend_of(c.sender)
+            if balance - pending_spend < spend:
                 raise ProtocolError(
                     "insufficient_funds",
-                    f"balance {balance} less pending spends {pending_spend[c.sender]} cannot cover {spend}",
+                    f"balance {balance} less pending spends {pending_spend} cannot cover {spend}",
                 )
             if c.type == "escrow_lock" and c.payload["timeout_height"] < height + 1 + params["min_escrow_blocks"]:
                 raise ProtocolError(
@@ -505,79 +458,61 @@ def _admit_locked(checked: list[tuple[int, CheckedTx]], *, every_id: bool = Fals
             if c.type in ("escrow_pay", "escrow_refund"):
                 escrow_id = c.payload["escrow"]
                 escrow = escrows.get(escrow_id)
-                if escrow is None and escrow_id in pending_locks:
+                if escrow is None and mempool.lock_pending(escrow_id):
                     pass  # its lock is pending: the rules are checked when both are applied
                 else:
                     check_escrow_rules(escrow, kind=c.type, sender=c.sender, payload=c.payload, height=height)
-                    if c.type == "escrow_pay" and c.payload["amount"] + pending_pays[escrow_id] > escrow.remaining:
+                    pending_pays = mempool.pays_of(escrow_id)
+                    if c.type == "escrow_pay" and c.payload["amount"] + pending_pays > escrow.remaining:
                         raise ProtocolError(
                             "exceeds_escrow",
-                            f"pay of {c.payload['amount']} plus pending pays {pending_pays[escrow_id]} exceeds "
+                            f"pay of {c.payload['amount']} plus pending pays {pending_pays} exceeds "
                             f"the {escrow.remaining} remaining",
                         )
-                if c.type == "escrow_pay":
-                    pending_pays[escrow_id] += c.payload["amount"]
             if c.type == "validator_update":
                 if validators is None:
                     validators = validator_set_at(height + 1)
                 if c.sender not in validators:
                     raise ProtocolError("not_validator", "only a current validator may approve a validator set change")
-            if pending_count + len(rows) >= MEMPOOL_MAX:
+            if len(mempool) >= MEMPOOL_MAX:
                 raise ProtocolError("mempool_full", "the mempool is full; retry later")
         except ProtocolError as exc:
             out.append((index, AdmitResult(error=exc)))
             continue
-        if c.id in existing:
-            revived.append(c.id)
-        batch_ids.add(c.id)
-        pending_nonces.add((c.sender, c.nonce))
-        pending_spend[c.sender] += spend
-        if c.type == "escrow_lock":
-            pending_locks.add(c.id)
-        rows.append((c.id, seq, c.sender, c.nonce, c.fee, c.type, spend, c.payload.get("escrow", ""), c.body))
-        seq += 1
+        mempool.add(c, spend=spend, received_at=received_at)
         out.append((index, AdmitResult(id=c.id)))
-    if revived:
-        # A transaction dropped from a block (its sender could not pay the fee) may come back.
-        Transaction.objects.filter(id__in=revived, status=Transaction.REJECTED, height__isnull=True).delete()
-    if rows:
-        _insert_pending(rows)
-        ChainState.objects.filter(singleton=1).update(mempool_seq=seq - 1)
-        admitted = [c for _i, c in checked if c.id in batch_ids]
-        transaction.on_commit(lambda: _admitted.add(admitted))
-        send_event_on_commit(EVENTS_GROUP, {"type": "mempool", "admitted": len(rows)})
     return out
 
 
-_PENDING_COLUMNS = "id, seq, sender, nonce, fee, type, spend, escrow, body, status, height, error_code, error_message"
+_TX_COLUMNS = (
+    "id, seq, sender, nonce, fee, type, spend, escrow, body, status, height, error_code, error_message, received_at"
+)
 
 
-def _insert_pending(rows: list[tuple]) -> None:
-    # The ORM's bulk_create spends more time building SQL than the database spends
-    # inserting: SQLite gets one prepared statement for the batch, PostgreSQL a COPY
-    # (psycopg's executemany adapts every parameter in Python, row by row).
-    received = timezone.now()
+def _insert_decided(rows: list[tuple]) -> None:
+    """Store transactions a block decided, one row each in ``_TX_COLUMNS`` order.
+
+    A transaction dropped from an earlier block (rejected, no height) may be decided
+    again: its old row is replaced. The ORM's bulk_create spends more time building SQL
+    than the database spends inserting: SQLite gets one prepared statement for the
+    batch, PostgreSQL a COPY (psycopg's executemany adapts every parameter in Python).
+    """
+    if not rows:
+        return
+    ids = [row[0] for row in rows]
     with connection.cursor() as cursor:
+        for chunk in _chunks(ids, 20_000 if connection.vendor == "postgresql" else _CHUNK):
+            operand, params = _in(chunk)
+            cursor.execute(f"DELETE FROM {_TX} WHERE id {operand} AND status = 'rejected' AND height IS NULL", params)
         if connection.vendor == "postgresql":
-            # The raw cursor's COPY bypasses Django's error wrapping: a conflict must still
-            # surface as django.db.IntegrityError (``_admit_checked`` retries on it).
-            with (
-                connection.wrap_database_errors,
-                cursor.cursor.copy(
-                    f"COPY {Transaction._meta.db_table} ({_PENDING_COLUMNS}, received_at) FROM STDIN"
-                ) as copy,
-            ):
+            with connection.wrap_database_errors, cursor.cursor.copy(f"COPY {_TX} ({_TX_COLUMNS}) FROM STDIN") as copy:
                 for row in rows:
-                    copy.write_row((*row, "pending", None, "", "", received))
+                    copy.write_row(row)
             return
-        stamp = connection.ops.adapt_datetimefield_value(received)
-        # In (sender, nonce) order the two indexes on those columns take the rows in key
-        # order, each B-tree page once, instead of one random page per row.
-        rows = sorted(rows, key=lambda row: (row[2], row[3]))
+        stamp = connection.ops.adapt_datetimefield_value
         cursor.executemany(
-            f"INSERT INTO {Transaction._meta.db_table} ({_PENDING_COLUMNS}, received_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', NULL, '', '', %s)",
-            [(*row, stamp) for row in rows],
+            f"INSERT INTO {_TX} ({_TX_COLUMNS}) VALUES ({', '.join(['%s'] * 14)})",
+            [(*row[:13], stamp(row[13])) for row in rows],
         )
 
 
@@ -598,132 +533,43 @@ def escrow_state(e: Escrow) -> EscrowState:
     )
 
 
-@dataclass
-class Candidate:
-    id: str
-    sender: str
-    nonce: int
-    fee: int
-    type: str
-    payload: dict[str, Any]
-    tx: dict[str, Any] | None = None
-
-
-def _select_candidates(limit: int) -> tuple[list[Candidate], list[str]]:
+def _select_candidates(limit: int) -> tuple[list[CheckedTx], list[CheckedTx]]:
     """Pending transactions for the next block: per sender, consecutive nonces from its account nonce.
 
-    Returns the candidates in block order and the ids of stale pending ones
-    (nonce below the account's, which can no longer apply).
+    Returns the candidates in block order, senders taken by the arrival of their next
+    transaction, and the stale pending ones (nonce below the account's, which can no
+    longer apply). Transactions waiting behind a nonce gap are not taken, so however
+    many there are they cannot crowd ready ones out of the block.
     """
-    tx_table, account_table = Transaction._meta.db_table, Account._meta.db_table
-    with connection.cursor() as cursor:
-        # Senders whose next transaction is ready (its nonce is the account's), oldest first.
-        # Transactions waiting behind a nonce gap are not read at all, so however many
-        # there are they cannot crowd ready ones out of the block.
-        cursor.execute(
-            f"SELECT t.sender, t.nonce FROM {tx_table} t LEFT JOIN {account_table} a ON a.address = t.sender "
-            f"WHERE t.status = 'pending' AND t.nonce = COALESCE(a.nonce, 0) ORDER BY t.seq LIMIT %s",
-            [limit],
+    # A sender's lowest pending nonce is its next one if any is: senders in the arrival
+    # order of their lowest pending transaction, their account nonces read as needed.
+    with mempool.lock:
+        firsts = sorted(
+            (mempool.get(nonces[min(nonces)]).seq, sender)
+            for sender in mempool.senders()
+            if (nonces := mempool.nonces_of(sender))
         )
-        heads = cursor.fetchall()
-        # SQLite would walk the pending rows by arrival and read each from the table; the
-        # (sender, nonce) index of pending rows answers from the index alone, five times faster.
-        hint = " INDEXED BY tx_one_pending_per_nonce" if connection.vendor == "sqlite" else ""
-        cursor.execute(
-            f"SELECT t.id FROM {tx_table} t{hint} JOIN {account_table} a ON a.address = t.sender "
-            f"WHERE t.status = 'pending' AND t.nonce < a.nonce LIMIT 1000"
-        )
-        stale = [row[0] for row in cursor.fetchall()]
-    if not heads:
-        return [], stale
-    by_sender: dict[str, dict[int, tuple]] = defaultdict(dict)
-    for row in _select_in(
-        f"SELECT id, sender, nonce, fee, type FROM {tx_table} WHERE status = 'pending' AND sender {{in}}",
-        [sender for sender, _n in heads],
-    ):
-        by_sender[row[1]][row[2]] = row
-    chosen_rows: list[tuple] = []
-    for sender, expected in heads:
-        txs = by_sender[sender]
-        while expected in txs and len(chosen_rows) < limit:
-            chosen_rows.append(txs[expected])
-            expected += 1
-        if len(chosen_rows) >= limit:
+    chosen: list[CheckedTx] = []
+    stale: list[CheckedTx] = []
+    for start in range(0, len(firsts), _CHUNK):
+        part = [sender for _seq, sender in firsts[start : start + _CHUNK]]
+        account_nonces = dict(_select_in(f"SELECT address, nonce FROM {_ACCOUNT} WHERE address {{in}}", part))
+        with mempool.lock:
+            for sender in part:
+                nonces = mempool.nonces_of(sender)
+                expected = account_nonces.get(sender, 0)
+                stale.extend(mempool.get(tx_id).tx for nonce, tx_id in nonces.items() if nonce < expected)
+                while expected in nonces and len(chosen) < limit:
+                    chosen.append(mempool.get(nonces[expected]).tx)
+                    expected += 1
+                if len(chosen) >= limit:
+                    break
+        if len(chosen) >= limit:
             break
-    parsed = _admitted.lookup([row[0] for row in chosen_rows])
-    missing = [row[0] for row in chosen_rows if row[0] not in parsed]
-    for tx_id, body in _select_in(f"SELECT id, body FROM {tx_table} WHERE id {{in}}", missing):
-        parsed[tx_id] = json.loads(body)
-    chosen = [Candidate(r[0], r[1], r[2], r[3], r[4], parsed[r[0]]["payload"], parsed[r[0]]) for r in chosen_rows]
     return chosen, stale
 
 
-class _AdmittedCache:
-    """Transactions this process admitted, already parsed, until a block takes them.
-
-    Block production runs in the process that admits (the node), so the block need
-    not read and parse every body back from the database. A miss (another process
-    admitted it, or it was evicted) falls back to the stored body.
-    """
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
-        self.items: dict[str, dict[str, Any]] = {}
-        # The checked form by signature, so a block's copy of a transaction is recognized
-        # without encoding and hashing it again (``block_check``).
-        self.checked: dict[str, CheckedTx] = {}
-        self.lock = threading.Lock()
-
-    def add(self, txs: list[CheckedTx]) -> None:
-        with self.lock:
-            for c in txs:
-                self.items[c.id] = c.tx
-                self.checked[c.tx["signature"]] = c
-            while len(self.items) > self.capacity:
-                self._drop(next(iter(self.items)))
-
-    def lookup(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        with self.lock:
-            return {i: self.items[i] for i in ids if i in self.items}
-
-    def discard(self, ids: list[str]) -> None:
-        with self.lock:
-            for tx_id in ids:
-                self._drop(tx_id)
-
-    def _drop(self, tx_id: str) -> None:
-        tx = self.items.pop(tx_id, None)
-        if tx is not None:
-            self.checked.pop(tx["signature"], None)
-
-    def checked_forms(self, txs: list[Any]) -> list[CheckedTx | None]:
-        """For each wire transaction, the checked form admitted here if it is exactly that one.
-
-        Exactly: equal and of the same JSON types field by field (``1``, ``1.0`` and
-        ``true`` are equal in Python but not on the wire), so its canonical encoding,
-        id and signature are the admitted ones.
-        """
-        with self.lock:
-            found = [
-                self.checked.get(tx["signature"]) if type(tx) is dict and type(tx.get("signature")) is str else None
-                for tx in txs
-            ]
-        return [c if c is not None and _same_wire(tx, c.tx) else None for tx, c in zip(txs, found, strict=True)]
-
-
-def _same_wire(tx: dict[str, Any], known: dict[str, Any]) -> bool:
-    if tx is known:
-        return True
-    if tx != known or any(type(v) is not type(known[k]) for k, v in tx.items()):
-        return False
-    payload = known["payload"]
-    return all(type(v) is type(payload[k]) for k, v in tx["payload"].items())
-
-
-_admitted = _AdmittedCache()
-
-
-def _apply(view: LedgerView, c: Candidate, *, height: int, proposer: str, params: dict[str, Any]) -> Outcome:
+def _apply(view: LedgerView, c: CheckedTx, *, height: int, proposer: str, params: dict[str, Any]) -> Outcome:
     """Apply one candidate to ``view`` at ``height`` (the one call every block path makes)."""
     return apply_transaction(
         view,
@@ -739,7 +585,7 @@ def _apply(view: LedgerView, c: Candidate, *, height: int, proposer: str, params
     )
 
 
-def _load_view(candidates: list[Candidate], proposer: str) -> LedgerView:
+def _load_view(candidates: list[CheckedTx], proposer: str) -> LedgerView:
     view = LedgerView()
     escrow_ids = {c.payload["escrow"] for c in candidates if "escrow" in c.payload}
     for chunk in _chunks(list(escrow_ids)):
@@ -822,21 +668,24 @@ def block_produce(*, key: Key, now_ms: int | None = None) -> Block | None:
     key let only one block per height through.
     """
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-    # The block is built before the write lock is taken, so admissions go on meanwhile.
+    # The block is built before the locks are taken, so admissions go on meanwhile.
     # What it reads (pending transactions, accounts, escrows, validators) only a block
-    # changes, so it is stored as built if the head has not moved; otherwise rebuilt.
+    # changes, bar transactions admitted since, so it is stored as built if the head has
+    # not moved; otherwise rebuilt.
     before = chain_state()
     draft = _draft_block(before, key, now_ms)
     if draft is None:
         return None
     _defer_checkpoints()
-    with _writing(), transaction.atomic():
-        state = ChainState.objects.select_for_update().get(singleton=1)
-        if (state.height, state.latest_block_id) != (before.height, before.latest_block_id):
-            draft = _draft_block(state, key, now_ms)
-            if draft is None:
-                return None
-        block = _store_block(state, *draft)
+    with mempool.lock:
+        with _writing(), transaction.atomic():
+            state = ChainState.objects.select_for_update().get(singleton=1)
+            if (state.height, state.latest_block_id) != (before.height, before.latest_block_id):
+                draft = _draft_block(state, key, now_ms)
+                if draft is None:
+                    return None
+            block, decided = _store_block(state, *draft)
+        mempool.remove(decided)
     _checkpoint()
     return block
 
@@ -851,45 +700,48 @@ def _draft_block(state: ChainState, key: Key, now_ms: int) -> tuple | None:
     candidates, stale = _select_candidates(state.params["max_block_txs"])
     view = _load_view(candidates, key.address)
     view.validators = validator_set_at(height)
-    included: list[str] = []
-    results: dict[str, str] = {}
-    rejected: list[tuple[str, str, str]] = []
-    dropped: list[tuple[str, str, str]] = []
+    included: list[CheckedTx] = []
+    results: dict[str, tuple[str, str]] = {}
+    dropped: list[tuple[CheckedTx, str, str]] = []
     for c in candidates:
         outcome = _apply(view, c, height=height, proposer=key.address, params=state.params)
         if outcome.included:
-            included.append(c.id)
+            included.append(c)
             if outcome.code:
-                results[c.id] = outcome.code
-                rejected.append((outcome.code, outcome.message[:300], c.id))
+                results[c.id] = (outcome.code, outcome.message[:300])
         else:
-            dropped.append((outcome.code or "", outcome.message[:300], c.id))
+            dropped.append((c, outcome.code or "", outcome.message[:300]))
+    dropped.extend((c, "bad_nonce", "nonce below the account nonce") for c in stale)
     header = proto_block.block_header(
         chain_id=state.chain_id,
         height=height,
         prev_id=state.latest_block_id,
         time_ms=time_ms,
         proposer=key.address,
-        tx_ids=included,
+        tx_ids=[c.id for c in included],
     )
     bid = proto_block.block_id(header)
     commit = proto_block.make_commit(key, chain_id=state.chain_id, height=height, round=0, block_id=bid)
-    return header, bid, included, results, commit, rejected, dropped, stale, view
+    return header, bid, included, results, commit, dropped, view
 
 
 def _store_block(
     state: ChainState,
     header: dict,
     bid: str,
-    included: list[str],
-    results: dict[str, str],
+    included: list[CheckedTx],
+    results: dict[str, tuple[str, str]],
     commit: dict,
-    rejected: list[tuple[str, str, str]],
-    dropped: list[tuple[str, str, str]],
-    stale: list[str],
+    dropped: list[tuple[CheckedTx, str, str]],
     view: LedgerView,
     evidence: list | None = None,
-) -> Block:
+) -> tuple[Block, list[str]]:
+    """Write a block and its effects (``mempool.lock`` held, inside the block's database transaction).
+
+    ``results``: code and message of each included transaction the block rejected;
+    ``dropped``: transactions it left out for good, with code and message (rejected, no
+    height). Returns the block and the ids to take out of the mempool once it commits.
+    """
     height = header["height"]
     moment = datetime.fromtimestamp(header["time_ms"] / 1000, tz=UTC)
     block = Block.objects.create(
@@ -897,8 +749,8 @@ def _store_block(
         id=bid,
         prev_id=header["prev_id"],
         header=header,
-        tx_ids=included,
-        results=results,
+        tx_ids=[c.id for c in included],
+        results={tx_id: code for tx_id, (code, _message) in results.items()},
         commit=commit,
         evidence=evidence or [],
         time=moment,
@@ -907,44 +759,37 @@ def _store_block(
     )
     _write_view(view)
     _apply_approvals(view.approvals, height)
-    table = Transaction._meta.db_table
-    with connection.cursor() as cursor:
-        committed = sorted(tx_id for tx_id in included if tx_id not in results)
-        if connection.vendor == "sqlite":
-            # SQLite walks an id list in id order, a random order for the table and for
-            # the pending indexes each row leaves; in rowid (arrival) order the same
-            # update costs a third.
-            rowids = sorted(row[0] for row in _select_in(f"SELECT rowid FROM {table} WHERE id {{in}}", committed))
-            for chunk in _chunks(rowids):
-                marks = ",".join(["%s"] * len(chunk))
-                cursor.execute(
-                    f"UPDATE {table} SET status = 'committed', height = %s WHERE rowid IN ({marks})", [height, *chunk]
-                )
-        else:
-            for chunk in _chunks(committed, 20_000):
-                operand, ids = _in(chunk)
-                cursor.execute(
-                    f"UPDATE {table} SET status = 'committed', height = %s WHERE id {operand}", [height, *ids]
-                )
-        if rejected:
-            cursor.executemany(
-                f"UPDATE {table} SET status = 'rejected', height = {int(height)}, error_code = %s, "
-                "error_message = %s WHERE id = %s",
-                rejected,
+    # A pending transaction holding the sender and nonce of one in the block lost the race.
+    ids = {c.id for c in included}
+    losers = mempool.same_slot({(c.sender, c.nonce) for c in included}, ids)
+    lost = f"another transaction with this sender and nonce was committed at height {height}"
+    dropped = [*dropped, *((p.tx, "duplicate", lost) for p in losers)]
+    seq = state.mempool_seq
+    now = timezone.now()
+    rows = []
+    for c in included:
+        entry = mempool.get(c.id)
+        code, message = results.get(c.id, ("", ""))
+        seq += 1
+        rows.append(
+            (
+                *_row_head(c, seq),
+                Transaction.REJECTED if code else Transaction.COMMITTED,
+                height,
+                code,
+                message,
+                entry.received_at if entry is not None else now,
             )
-        if dropped:
-            cursor.executemany(
-                f"UPDATE {table} SET status = 'rejected', error_code = %s, error_message = %s WHERE id = %s", dropped
-            )
-        if stale:
-            cursor.executemany(
-                f"UPDATE {table} SET status = 'rejected', error_code = 'bad_nonce', "
-                "error_message = 'nonce below the account nonce' WHERE id = %s",
-                [(tx_id,) for tx_id in stale],
-            )
-    transaction.on_commit(lambda: _admitted.discard(included))
+        )
+    for c, code, message in dropped:
+        entry = mempool.get(c.id)
+        seq += 1
+        rows.append(
+            (*_row_head(c, seq), Transaction.REJECTED, None, code, message, entry.received_at if entry else now)
+        )
+    _insert_decided(rows)
     updated = ChainState.objects.filter(singleton=1, height=height - 1).update(
-        height=height, latest_block_id=bid, latest_block_time=moment
+        height=height, latest_block_id=bid, latest_block_time=moment, mempool_seq=seq
     )
     if updated != 1:
         raise RuntimeError(f"chain head moved while applying block {height}")
@@ -958,7 +803,11 @@ def _store_block(
             "tx_count": len(included),
         },
     )
-    return block
+    return block, [row[0] for row in rows]
+
+
+def _row_head(c: CheckedTx, seq: int) -> tuple:
+    return (c.id, seq, c.sender, c.nonce, c.fee, c.type, c.spend, c.payload.get("escrow", ""), c.body)
 
 
 def _apply_approvals(approvals: list[tuple[str, str, int, str]], height: int) -> None:
@@ -1017,7 +866,7 @@ def block_build(
         outcome = _apply(view, c, height=height, proposer=proposer, params=state.params)
         if outcome.included:
             txs.append(c.tx)
-            ids.append(c.id)  # the id stored at admission: no need to encode and hash again
+            ids.append(c.id)  # the id computed at admission: no need to encode and hash again
     evidence = [e.votes for e in Evidence.objects.filter(included_height__isnull=True).order_by("height")[:20]]
     evidence = [e for e in evidence if _evidence_problem(e, height) is None]
     header = proto_block.block_header(
@@ -1083,23 +932,6 @@ def evidence_record(*, votes: dict[str, Any]) -> bool:
     return created
 
 
-_TX_TABLE = Transaction._meta.db_table
-
-
-def _rows_in(sql: str, values: list, *, suffix: str = "", extra: tuple = ()) -> list[tuple]:
-    """Rows of ``sql`` + ``(values...)`` + ``suffix``, a chunk of ``values`` at a time.
-
-    Raw SQL: the ORM's ``__in`` lookup prepares every value in Python, which on a
-    block of thousands of ids costs more than the query.
-    """
-    rows: list[tuple] = []
-    with connection.cursor() as cursor:
-        for chunk in _chunks(values, _CHUNK - len(extra)):
-            cursor.execute(f"{sql}({','.join(['%s'] * len(chunk))}){suffix}", [*chunk, *extra])
-            rows.extend(cursor.fetchall())
-    return rows
-
-
 def _apply_block_txs(
     checked: list[CheckedTx],
     *,
@@ -1107,23 +939,20 @@ def _apply_block_txs(
     validators: dict[str, tuple[str, int]],
     height: int,
     params: dict[str, Any],
-) -> tuple[LedgerView, dict[str, str], list[tuple[str, str, str]]]:
-    """A block's transactions applied to a view of the accounts they touch: the view, each
-    rejected transaction's code by id, and the rows of those rejections. ``BlockInvalid`` when
-    one cannot be included at all."""
-    candidates = [Candidate(c.id, c.sender, c.nonce, c.fee, c.type, c.payload, c.tx) for c in checked]
-    view = _load_view(candidates, proposer)
+) -> tuple[LedgerView, dict[str, tuple[str, str]]]:
+    """A block's transactions applied to a view of the accounts they touch: the view, and the
+    code and message of each transaction it rejected, by id. ``BlockInvalid`` when one cannot
+    be included at all."""
+    view = _load_view(checked, proposer)
     view.validators = validators
-    results: dict[str, str] = {}
-    rejected: list[tuple[str, str, str]] = []
-    for c in candidates:
+    results: dict[str, tuple[str, str]] = {}
+    for c in checked:
         outcome = _apply(view, c, height=height, proposer=proposer, params=params)
         if not outcome.included:
             raise BlockInvalid(f"block transaction {c.id} cannot be applied: {outcome.code}")
         if outcome.code:
-            results[c.id] = outcome.code
-            rejected.append((outcome.code, outcome.message[:300], c.id))
-    return view, results, rejected
+            results[c.id] = (outcome.code, outcome.message[:300])
+    return view, results
 
 
 def block_check(body: Any, *, state: ChainState | None = None) -> str:
@@ -1164,18 +993,16 @@ def block_check(body: Any, *, state: ChainState | None = None) -> str:
             c
             if c is not None and c.fee >= min_fee
             else check_transaction(tx, chain_id=state.chain_id, min_fee=min_fee, verify_signature=False)
-            for tx, c in zip(txs, _admitted.checked_forms(txs), strict=True)
+            for tx, c in zip(txs, mempool.checked_forms(txs), strict=True)
         ]
     except ProtocolError as exc:
         raise BlockInvalid(f"block transaction refused: {exc}") from None
     ids = [c.id for c in checked]
     if len(set(ids)) != len(ids) or proto_block.tx_root(ids) != header["tx_root"]:
         raise BlockInvalid("block tx_root does not match its transactions")
-    # Admitted here (signature verified) and not yet in a block: in memory, else pending in the database.
-    known = set(_admitted.lookup(ids))
-    rest = [i for i in ids if i not in known]
-    known.update(row[0] for row in _rows_in(f"SELECT id FROM {_TX_TABLE} WHERE status = 'pending' AND id IN ", rest))
-    unknown = [c for c in checked if c.id not in known]
+    # Pending here (admitted, signature verified): not verified again.
+    with mempool.lock:
+        unknown = [c for c in checked if c.id not in mempool]
     if not all(verify_signatures(unknown)):
         raise BlockInvalid("a block transaction's signature does not verify")
     for item in evidence:
@@ -1184,11 +1011,11 @@ def block_check(body: Any, *, state: ChainState | None = None) -> str:
             raise BlockInvalid(problem)
     if proto_block.tx_root([proto_block.evidence_id(e) for e in evidence]) != header["evidence_root"]:
         raise BlockInvalid("block evidence_root does not match its evidence")
-    view, results, rejected = _apply_block_txs(
+    view, results = _apply_block_txs(
         checked, proposer=header["proposer"], validators=validators, height=height, params=state.params
     )
     bid = proto_block.block_id(header)
-    _checked_blocks.put(bid, _CheckedBlock(state.latest_block_id, checked, view, results, rejected))
+    _checked_blocks.put(bid, _CheckedBlock(state.latest_block_id, checked, view, results))
     return bid
 
 
@@ -1199,8 +1026,7 @@ class _CheckedBlock:
     prev_id: str
     txs: list[CheckedTx]
     view: LedgerView  # the block applied to the state it was checked against
-    results: dict[str, str]
-    rejected: list[tuple[str, str, str]]
+    results: dict[str, tuple[str, str]]
 
 
 class _CheckedBlocks:
@@ -1241,94 +1067,53 @@ def block_commit(*, body: dict[str, Any], commit: dict[str, Any], checked: bool 
     against the same state (the state cannot move between: one thread decides), and
     built the commit itself from precommits whose signatures it verified as they came.
     """
-    with transaction.atomic():
-        state = ChainState.objects.select_for_update().get(singleton=1)
-        header = body["header"]
-        bid = proto_block.block_id(header)
-        existing = Block.objects.filter(height=header["height"]).first()
-        if existing is not None:
-            if existing.id != bid:
-                raise BlockInvalid(f"a different block is already final at height {header['height']}")
-            return existing
-        if header["height"] != state.height + 1:
-            raise BlockInvalid(f"block {header['height']} does not follow height {state.height}")
-        if not checked:
-            try:
-                proto_block.verify_commit(
-                    commit,
-                    chain_id=state.chain_id,
-                    height=header["height"],
-                    block_id=bid,
-                    validators=validator_set_at(header["height"]),
-                )
-            except ProtocolError as exc:
-                raise BlockInvalid(f"commit refused: {exc.message}") from None
-        height = header["height"]
-        # The checked form, ledger view and outcomes block_check computed, when it ran on this head.
-        # A block id names its header, which names its transactions' ids and its evidence: a block
-        # checked under this id (its proposal) needs no second check when it arrives with its commit.
+    with mempool.lock:
+        with transaction.atomic():
+            block, decided = _commit_locked(body, commit, checked)
+        mempool.remove(decided)
+    return block
+
+
+def _commit_locked(body: dict[str, Any], commit: dict[str, Any], checked: bool) -> tuple[Block, list[str]]:
+    state = ChainState.objects.select_for_update().get(singleton=1)
+    header = body["header"]
+    bid = proto_block.block_id(header)
+    existing = Block.objects.filter(height=header["height"]).first()
+    if existing is not None:
+        if existing.id != bid:
+            raise BlockInvalid(f"a different block is already final at height {header['height']}")
+        return existing, []
+    if header["height"] != state.height + 1:
+        raise BlockInvalid(f"block {header['height']} does not follow height {state.height}")
+    if not checked:
+        try:
+            proto_block.verify_commit(
+                commit,
+                chain_id=state.chain_id,
+                height=header["height"],
+                block_id=bid,
+                validators=validator_set_at(header["height"]),
+            )
+        except ProtocolError as exc:
+            raise BlockInvalid(f"commit refused: {exc.message}") from None
+    height = header["height"]
+    # The checked form, ledger view and outcomes block_check computed, when it ran on this head.
+    # A block id names its header, which names its transactions' ids and its evidence: a block
+    # checked under this id (its proposal) needs no second check when it arrives with its commit.
+    cached = _checked_blocks.take(bid, state.latest_block_id)
+    if cached is None and not checked:
+        block_check(body, state=state)
         cached = _checked_blocks.take(bid, state.latest_block_id)
-        if cached is None and not checked:
-            block_check(body)
-            cached = _checked_blocks.take(bid, state.latest_block_id)
-        if cached is not None:
-            checked = cached.txs
-        else:
-            checked = [
-                check_transaction(tx, chain_id=state.chain_id, min_fee=0, verify_signature=False) for tx in body["txs"]
-            ]
-        ids = [c.id for c in checked]
-        present: dict[str, tuple[str, int | None]] = {
-            i: (st, h) for i, st, h in _rows_in(f"SELECT id, status, height FROM {_TX_TABLE} WHERE id IN ", ids)
-        }
-        # A pending transaction of this node with the sender and nonce of one in the block lost the race.
-        # Admission keeps one pending transaction per sender and nonce, so only the block's
-        # transactions not pending here can have lost one: in the usual block there are none.
-        pairs = {(c.sender, c.nonce) for c in checked if present.get(c.id, ("", None))[0] != Transaction.PENDING}
-        id_set = set(ids)
-        nonces = tuple({n for _s, n in pairs})
-        # Narrowed by nonce too when there are few distinct nonces (the usual block): a sender's
-        # whole pending queue would otherwise be read for each block.
-        narrow = len(nonces) < _CHUNK // 2
-        rows = _rows_in(
-            f"SELECT id, sender, nonce FROM {_TX_TABLE} WHERE status = 'pending' AND sender IN ",
-            list({p[0] for p in pairs}),
-            suffix=f" AND nonce IN ({','.join(['%s'] * len(nonces))})" if narrow else "",
-            extra=nonces if narrow else (),
+    if cached is not None:
+        txs, view, results = cached.txs, cached.view, cached.results
+    else:
+        txs = [check_transaction(tx, chain_id=state.chain_id, min_fee=0, verify_signature=False) for tx in body["txs"]]
+        view, results = _apply_block_txs(
+            txs, proposer=header["proposer"], validators=validator_set_at(height), height=height, params=state.params
         )
-        losers = [tx_id for tx_id, sender, nonce in rows if (sender, nonce) in pairs and tx_id not in id_set]
-        if losers:
-            Transaction.objects.filter(id__in=losers).update(
-                status=Transaction.REJECTED,
-                error_code="duplicate",
-                error_message=f"another transaction with this sender and nonce was committed at height {height}",
-            )
-        revive = [i for i, (st, h) in present.items() if st == Transaction.REJECTED and h is None]
-        if revive:
-            Transaction.objects.filter(id__in=revive).delete()
-        missing = [c for c in checked if c.id not in present or c.id in revive]
-        if missing:
-            seq = state.mempool_seq + 1
-            _insert_pending(
-                [
-                    (c.id, seq + n, c.sender, c.nonce, c.fee, c.type, c.spend, c.payload.get("escrow", ""), c.body)
-                    for n, c in enumerate(missing)
-                ]
-            )
-            ChainState.objects.filter(singleton=1).update(mempool_seq=seq + len(missing) - 1)
-        if cached is not None:
-            view, results, rejected = cached.view, cached.results, cached.rejected
-        else:
-            view, results, rejected = _apply_block_txs(
-                checked,
-                proposer=header["proposer"],
-                validators=validator_set_at(height),
-                height=height,
-                params=state.params,
-            )
-        for item in body["evidence"]:
-            _jail(item, height)
-        return _store_block(state, header, bid, ids, results, commit, rejected, [], [], view, body["evidence"])
+    for item in body["evidence"]:
+        _jail(item, height)
+    return _store_block(state, header, bid, txs, results, commit, [], view, body["evidence"])
 
 
 def _jail(evidence: dict[str, Any], height: int) -> None:

@@ -40,17 +40,3 @@ def chain(db, client, chain_keys: Keys, chain_genesis: dict[str, Any]) -> ChainH
     _state, applied = services.genesis_load(genesis=chain_genesis)
     assert applied
     return ChainHarness(client, chain_keys, chain_genesis)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_process_caches() -> None:
-    """Forget what the process keeps in memory between database reads.
-
-    Admitted transactions and the validator rows outlive a test's database, which is rolled
-    back without the writes that would invalidate them: the next test's chain would find the
-    previous test's transactions admitted and its validators in the set.
-    """
-    from chain.validators import forget_validator_sets
-
-    services._admitted.discard(list(services._admitted.items))
-    forget_validator_sets()

@@ -8,8 +8,10 @@ from typing import Any
 from django.test import Client
 
 from chain import services
+from chain.mempool import mempool
 from chain.models import Account, Block, ChainState, Escrow, Transaction
 from chain.protocol.keys import Key
+from chain.protocol.tx import check_transaction
 from chain.tests.support import Keys, LedgerState, StoredBlock, escrow_fields, replay, state_of, transfer
 
 # protocol.md's table of error codes and HTTP statuses, copied here on purpose: the
@@ -132,18 +134,33 @@ def replayed_state(genesis: dict[str, Any]) -> LedgerState:
 
 
 def dropped_transaction_comes_back(chain: ChainHarness) -> None:
-    """Its stored row (rejected, no height) is found by the insert's conflict, not by a lookup of every id."""
+    """A transaction a block dropped (stored rejected, no height) is admitted again; the
+    block that commits it replaces its row."""
     alice, bob = chain.keys.alice, chain.keys.bob
     tx = transfer(alice, 0, bob.address, 5)
-    [first] = chain.batch([tx])
-    Transaction.objects.filter(id=first["id"]).update(
-        status=Transaction.REJECTED, height=None, error_code="insufficient_funds", error_message="dropped"
+    checked = check_transaction(tx, chain_id=chain.genesis["chain_id"], min_fee=0)
+    Transaction.objects.create(
+        id=checked.id,
+        seq=1,
+        sender=checked.sender,
+        nonce=checked.nonce,
+        fee=checked.fee,
+        type=checked.type,
+        spend=checked.spend,
+        body=checked.body,
+        status=Transaction.REJECTED,
+        height=None,
+        error_code="insufficient_funds",
+        error_message="dropped",
     )
     others = [transfer(bob, n, alice.address, 1) for n in range(3)]
     results = chain.batch([*others, tx])
-    assert [r.get("id") for r in results] == [*(r["id"] for r in results[:3]), first["id"]], results
-    stored = Transaction.objects.get(id=first["id"])
-    assert (stored.status, stored.height, stored.error_code) == (Transaction.PENDING, None, "")
-    assert Transaction.objects.filter(status=Transaction.PENDING).count() == 4
-    assert chain.produce().tx_count == 4
+    assert all("id" in r for r in results) and results[3]["id"] == checked.id, results
+    assert chain.tx_status(checked.id)["status"] == Transaction.PENDING
+    assert len(mempool) == 4
+    block = chain.produce()
+    assert block.tx_count == 4
+    stored = Transaction.objects.get(id=checked.id)
+    assert (stored.status, stored.height, stored.error_code) == (Transaction.COMMITTED, block.height, "")
+    assert Transaction.objects.count() == 4
     assert stored_state() == replayed_state(chain.genesis)

@@ -2,14 +2,13 @@
 
 Strict JSON skips its walk over every string unless the text can hold a lone
 surrogate; a checked transaction's signed bytes are written out without the general
-encoder; admission reads pending spends and nonces with set-based SQL and bounds the
-mempool's size without counting it; a block is built before the write lock is taken
+encoder; admission reads a batch's accounts with set-based SQL and checks pending spends
+and nonces in the in-memory mempool; a block is built before the write lock is taken
 and rebuilt if the head moved meanwhile.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 
 import pytest
@@ -18,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chain import services
+from chain.mempool import mempool
 from chain.models import Account, Block, ChainState, Transaction
 from chain.protocol.encoding import parse_strict
 from chain.protocol.errors import ProtocolError
@@ -105,7 +105,7 @@ def test_checked_sign_bytes_are_the_canonical_encoding(tx: dict) -> None:
 
 
 def test_pending_spends_and_nonces_of_earlier_batches_count(chain: ChainHarness) -> None:
-    """Admission sums the sender's pending spends and sees its pending nonces in the database."""
+    """Admission sums the sender's pending spends and sees its pending nonces in the mempool."""
     alice, bob = chain.keys.alice, chain.keys.bob
     balance = chain.balance(alice)
     first = chain.batch([transfer(alice, n, bob.address, balance // 4) for n in range(3)])
@@ -125,7 +125,8 @@ def test_pending_spends_and_nonces_of_earlier_batches_count(chain: ChainHarness)
         None,
         "insufficient_funds",
     ], results
-    assert Transaction.objects.filter(status=Transaction.PENDING, sender=alice.address).count() == 4
+    assert len(mempool.nonces_of(alice.address)) == 4
+    assert not Transaction.objects.exists()  # admission writes nothing
     block = chain.produce()
     assert block.tx_count == 4
     assert chain.balance(alice) == 0
@@ -173,20 +174,21 @@ def test_a_draft_too_early_takes_no_lock_and_writes_nothing(chain: ChainHarness)
     early = int(state.latest_block_time.timestamp() * 1000) + chain.params["block_time_ms"] - 1
     assert services.block_produce(key=chain.keys.validator, now_ms=early) is None
     assert ChainState.objects.get().height == 1
-    assert json.loads(Transaction.objects.get(status=Transaction.PENDING).body)["nonce"] == 1
+    assert [entry.tx.nonce for entry in mempool.oldest(10)] == [1]
+    assert Transaction.objects.count() == 1
 
 
-def test_the_mempool_bound_counts_exactly_near_the_limit(chain: ChainHarness, monkeypatch) -> None:
-    """Pending arrival numbers with a hole (a block took the middle one) overstate the count: near
-    MEMPOOL_MAX admission counts exactly, so the hole is room."""
+def test_the_mempool_bound_counts_what_is_pending(chain: ChainHarness, monkeypatch) -> None:
+    """A block that took a pending transaction makes room for one more; at the bound admission refuses."""
     monkeypatch.setattr(services, "MEMPOOL_MAX", 3)
     alice, bob, carol, dave = chain.keys.alice, chain.keys.bob, chain.keys.carol, chain.keys.dave
     chain.submit(transfer(alice, 1, bob.address, 1))  # waits for alice's nonce 0
     chain.submit(transfer(bob, 0, alice.address, 1))
     chain.submit(transfer(carol, 1, bob.address, 1))  # waits for carol's nonce 0
+    refuse = chain.post(transfer(dave, 0, bob.address, 1))
+    assert refuse.status_code == 503 and refuse.json()["error"]["code"] == "mempool_full"
     assert chain.produce().tx_count == 1
-    pending = Transaction.objects.filter(status=Transaction.PENDING).order_by("seq").values_list("seq", flat=True)
-    assert list(pending) == [1, 3]
+    assert len(mempool) == 2
     chain.submit(transfer(dave, 0, bob.address, 1))
     refuse = chain.post(transfer(dave, 1, bob.address, 1))
     assert refuse.status_code == 503 and refuse.json()["error"]["code"] == "mempool_full"
@@ -262,7 +264,7 @@ def test_concurrent_batches_and_blocks_commit_each_admitted_transaction_once(cha
     producer.join()
     state = ChainState.objects.get()
     now = int(state.latest_block_time.timestamp() * 1000)
-    while Transaction.objects.filter(status=Transaction.PENDING).exists():
+    while len(mempool):
         now += genesis["params"]["block_time_ms"]
         services.block_produce(key=chain_keys.validator, now_ms=now)
 

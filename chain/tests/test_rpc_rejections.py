@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from chain import services
+from chain.mempool import mempool
 from chain.models import Transaction
 from chain.protocol.encoding import canonical_json
 from chain.protocol.keys import DOMAIN_TX
@@ -33,13 +34,19 @@ from chain.tests.support import (
 UNKNOWN_ID = "ab" * 32
 
 
+def pending_ids() -> list[str]:
+    return [entry.tx.id for entry in mempool.oldest(len(mempool))]
+
+
 def refuse(chain: ChainHarness, tx: dict[str, Any], code: str) -> dict[str, Any]:
     """POST ``tx``: it is refused with ``code`` and leaves no record under its id."""
     before = Transaction.objects.filter(id=tx_id(tx)).values_list("status", "height").first()
+    pending = pending_ids()
     error = assert_error(chain.post(tx), code)
     after = Transaction.objects.filter(id=tx_id(tx)).values_list("status", "height").first()
     assert after == before, "a refused submission changed the stored transaction"
-    if before is None:
+    assert pending_ids() == pending, "a refused submission changed the mempool"
+    if before is None and tx_id(tx) not in mempool:
         assert_error(chain.get(f"{SUBMIT}/{tx_id(tx)}"), "not_found")
     return error
 
@@ -212,7 +219,7 @@ def test_other_pending_transaction_with_the_same_sender_and_nonce_is_duplicate(c
     chain.submit(first)
     refuse(chain, transfer(alice, 0, bob.address, 6), "duplicate")
     refuse(chain, transfer(alice, 0, bob.address, 5, fee=MIN_FEE * 2), "duplicate")
-    assert list(Transaction.objects.values_list("id", flat=True)) == [tx_id(first)]
+    assert [entry.tx.id for entry in mempool.oldest(10)] == [tx_id(first)]
 
 
 # -- insufficient_funds -----------------------------------------------------------------------

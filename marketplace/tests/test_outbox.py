@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.db import IntegrityError, transaction
 
+from chain.mempool import mempool
 from chain.models import Transaction as ChainTx
 from chain.protocol.tx import build_transaction
 from marketplace import conf
@@ -74,7 +75,8 @@ def test_a_transaction_the_node_lost_is_sent_again_with_the_same_bytes(market, m
     outbox.outbox_process(client=market.ledger)
     row.refresh_from_db()
     sent_id = row.tx_id
-    ChainTx.objects.filter(id=sent_id).delete()  # the node forgot it (lost its mempool)
+    assert sent_id in mempool and not ChainTx.objects.filter(id=sent_id).exists()
+    mempool.clear()  # the node forgot it (restarted: its mempool is in memory)
     report = outbox.outbox_process(client=market.ledger)
     assert report.requeued == 1 and report.submitted == 1
     market.pump()
