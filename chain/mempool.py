@@ -176,10 +176,14 @@ class Mempool:
 def _same_wire(tx: dict[str, Any], known: dict[str, Any]) -> bool:
     if tx is known:
         return True
-    if tx != known or any(type(v) is not type(known[k]) for k, v in tx.items()):
+    if tx != known:
         return False
-    payload = known["payload"]
-    return all(type(v) is type(payload[k]) for k, v in tx["payload"].items())
+    # Equal, so only a number can be of another JSON type (1 == 1.0 == true); a string
+    # equals only a string. The known form's numbers are integers.
+    if type(tx["nonce"]) is not int or type(tx["fee"]) is not int:
+        return False
+    payload = tx["payload"]
+    return all(type(payload[k]) is int for k, v in known["payload"].items() if type(v) is int)
 
 
 mempool = Mempool()

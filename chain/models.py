@@ -10,12 +10,21 @@ from django.db import models
 from django.db.models import Q
 
 
+class ChainStateManager(models.Manager):
+    def get_queryset(self) -> models.QuerySet:
+        # The head is read for every admitted batch, block and status request; the genesis
+        # document (every allocation) by none of them: it is loaded only when accessed.
+        return super().get_queryset().defer("genesis")
+
+
 class ChainState(models.Model):
     """The single row describing this node's chain: its genesis and its head.
 
-    Writers (admission, block application) lock this row first, so they are
-    serialized on PostgreSQL; on SQLite the IMMEDIATE transaction does that.
+    Block application locks this row first, so blocks are serialized on PostgreSQL;
+    on SQLite the IMMEDIATE transaction does that.
     """
+
+    objects = ChainStateManager()
 
     singleton = models.PositiveSmallIntegerField(primary_key=True, default=1)
     chain_id = models.CharField(max_length=64)

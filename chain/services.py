@@ -9,6 +9,7 @@ the mempool of one moment. Side effects (live events) of a block go out only aft
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -135,6 +136,17 @@ def genesis_load(*, genesis: dict[str, Any]) -> tuple[ChainState, bool]:
         "genesis applied: chain %s, %d allocations, supply %d uait", state.chain_id, len(genesis["allocations"]), total
     )
     return state, True
+
+
+def _head() -> tuple[int, dict[str, Any]]:
+    """The chain's height and parameters, read without the ORM (admission asks for them every batch)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT height, params FROM {ChainState._meta.db_table} WHERE singleton = 1")
+        row = cursor.fetchone()
+    if row is None:
+        raise ChainNotInitialized("this node has no chain: start it with `manage.py node --genesis FILE`")
+    height, params = row
+    return height, params if isinstance(params, dict) else json.loads(params)
 
 
 def chain_state() -> ChainState:
@@ -399,9 +411,7 @@ def _checkpoint() -> None:
 
 def _admit_locked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, AdmitResult]]:
     """The stateful admission checks, against the ledger and the mempool (``mempool.lock`` held)."""
-    state = chain_state()
-    height = state.height
-    params = state.params
+    height, params = _head()
     senders = list({c.sender for _i, c in checked})
     accounts: dict[str, tuple[int, int]] = {
         address: (balance, nonce)
@@ -509,10 +519,13 @@ def _insert_decided(rows: list[tuple]) -> None:
                 for row in rows:
                     copy.write_row(row)
             return
-        stamp = connection.ops.adapt_datetimefield_value
+        # Rows admitted together share one arrival time: each is adapted once.
+        stamps: dict[datetime, str] = {}
+        for moment in {row[13] for row in rows}:
+            stamps[moment] = connection.ops.adapt_datetimefield_value(moment)
         cursor.executemany(
             f"INSERT INTO {_TX} ({_TX_COLUMNS}) VALUES ({', '.join(['%s'] * 14)})",
-            [(*row[:13], stamp(row[13])) for row in rows],
+            [(*row[:13], stamps[row[13]]) for row in rows],
         )
 
 
