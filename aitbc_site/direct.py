@@ -1,4 +1,5 @@
-"""Machine-facing endpoints served without Django's session, CSRF and auth middleware.
+"""Machine-facing endpoints: the gateway's without the session, CSRF and auth middleware,
+a chain node's RPC with all of it in one call to the request's thread.
 
 Under ASGI every middleware built on ``MiddlewareMixin`` runs its request and response
 hooks through ``sync_to_async``: with this project's seven, an async view's request
@@ -10,15 +11,25 @@ request themselves by API key, use no session, are exempt from CSRF and never re
 ``DirectASGIHandler``, which keeps what those middlewares do that matters to them (the
 security headers, HTTPS redirect and ``X-Frame-Options``) and runs it in the event loop.
 Every other request goes through the full middleware stack.
+
+Views marked ``@one_thread`` (a chain node's RPC) go through the full stack too, but
+synchronously, as under WSGI: ``OneThreadASGIHandler`` runs the middleware, the view and
+the response's rendering in one call to the request's thread instead of a hop there and
+back for each hook. A node answers several small requests a second even when idle, and
+those hops, not the views, were most of what each request cost it.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
+from django.db import connections
+from django.http import FileResponse
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.security import SecurityMiddleware
 from django.urls import Resolver404, get_resolver
@@ -30,12 +41,31 @@ def direct(view: Callable[..., Any]) -> Callable[..., Any]:
     return view
 
 
-def is_direct(path: str) -> bool:
+def one_thread(view_class: type) -> type:
+    """Mark a class-based sync view as served with the whole middleware stack in one thread call."""
+    view_class.one_thread = True  # type: ignore[attr-defined]
+    return view_class
+
+
+DIRECT, ONE_THREAD, STACK = "direct", "one thread", "stack"
+
+
+def route(path: str) -> str:
+    """How a request for ``path`` is served: ``DIRECT``, ``ONE_THREAD`` or through the ``STACK``."""
     try:
         match = get_resolver().resolve(path)
     except Resolver404:
-        return False
-    return getattr(match.func, "direct", False)
+        return STACK
+    if getattr(match.func, "direct", False):
+        return DIRECT
+    view_class = getattr(match.func, "view_class", None) or getattr(match.func, "cls", None)
+    if getattr(view_class, "one_thread", False):
+        return ONE_THREAD
+    return STACK
+
+
+def is_direct(path: str) -> bool:
+    return route(path) == DIRECT
 
 
 class DirectASGIHandler(ASGIHandler):
@@ -63,14 +93,50 @@ class DirectASGIHandler(ASGIHandler):
         self._middleware_chain = chain
 
 
+class OneThreadASGIHandler(ASGIHandler):
+    """Django's ASGI handler running the whole (sync) middleware stack and a sync view in one
+    call to the request's thread, as Django does under WSGI.
+
+    Reading the body and sending the response stay in the event loop, as in ``ASGIHandler``;
+    the middleware are the same, in the same order, with the same hooks.
+    """
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        super().load_middleware(is_async=False)
+
+    async def run_get_response(self, request):
+        response = await sync_to_async(self._get_response_keeping_connection, thread_sensitive=True)(request)
+        response._handler_class = self.__class__
+        if isinstance(response, FileResponse):
+            response.block_size = self.chunk_size
+        return response
+
+    def _get_response_keeping_connection(self, request):
+        response = self.get_response(request)
+        # A read keeps its thread's connection for the next request on that thread (see
+        # aitbc_site.server.ReusedRequestThreads): opening one, with its pragmas and a read of
+        # the schema, cost about as much as the read itself. A broken connection, or one left
+        # in a transaction, is still closed when the request finishes; so is a write's.
+        keep = request.method in ("GET", "HEAD")
+        for connection in connections.all(initialized_only=True):
+            connection.close_at = None if keep else time.monotonic()
+        return response
+
+
 class DirectRouter:
-    """HTTP requests for ``@direct`` views to ``direct``, all others to ``default``."""
+    """HTTP requests for ``@direct`` views to ``direct``, for ``@one_thread`` views to a
+    ``OneThreadASGIHandler``, all others to ``default``."""
 
     def __init__(self, default, direct_app) -> None:
         self.default = default
         self.direct_app = direct_app
+        self.one_thread_app = OneThreadASGIHandler()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and is_direct(scope["path"]):
-            return await self.direct_app(scope, receive, send)
+        if scope["type"] == "http":
+            how = route(scope["path"])
+            if how == DIRECT:
+                return await self.direct_app(scope, receive, send)
+            if how == ONE_THREAD:
+                return await self.one_thread_app(scope, receive, send)
         return await self.default(scope, receive, send)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
+from asgiref.sync import ThreadSensitiveContext
 from django.conf import settings
 
 logger = logging.getLogger("aitbc.serve")
@@ -112,6 +115,66 @@ def _bounded_server(server_class: type) -> type:
     return BoundedServer
 
 
+class RequestThread(ThreadPoolExecutor):
+    """One thread for one request's sync code at a time, kept for later requests; knows when it is idle."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1, thread_name_prefix="request")
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        with self._pending_lock:
+            self._pending += 1
+        future = super().submit(fn, *args, **kwargs)
+        # Added before asyncio's own callback, so it has run by the time the awaiting request resumes.
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _future: Future) -> None:
+        with self._pending_lock:
+            self._pending -= 1
+
+    @property
+    def idle(self) -> bool:
+        return self._pending == 0
+
+
+class ReusedRequestThreads:
+    """ASGI middleware: each HTTP request's thread-sensitive sync code runs on a thread kept from
+    an earlier request instead of a new one.
+
+    Django runs a request's sync parts (middleware hooks, a sync view, closing the response)
+    on one thread of its own: by default a new thread for each request, joined by another
+    new thread afterwards, with a new database connection that reads the schema again. A
+    chain node answers a few small requests a second even when idle, and that set-up was
+    much of what each cost. Here the request gets a ``RequestThread`` from those idle
+    (one request at a time each, as before); a read served in one call
+    (``aitbc_site.direct.OneThreadASGIHandler``) leaves its connection open for the next
+    request on that thread. A thread still busy when its request ends (a sync call the
+    request stopped waiting for) is not kept: it exits when that call returns.
+    """
+
+    def __init__(self, application, *, keep: int = 8) -> None:
+        self.application = application
+        self.keep = keep
+        # Only touched from the event loop's thread.
+        self._idle: list[RequestThread] = []
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.application(scope, receive, send)
+        executor = self._idle.pop() if self._idle else RequestThread()
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                return await self.application(scope, receive, send)
+        finally:
+            if executor.idle and len(self._idle) < self.keep:
+                self._idle.append(executor)
+            else:
+                executor.shutdown(wait=False)
+
+
 def run_server(
     *,
     host: str,
@@ -159,7 +222,7 @@ def run_server(
         logger.info("listening on http://%s:%d (%s mode)", host, port, "embedded" if settings.EMBEDDED else "redis")
 
     server = _bounded_server(Server)(
-        application=application,
+        application=ReusedRequestThreads(application),
         endpoints=build_endpoint_description_strings(host=host, port=port),
         signal_handlers=True,
         action_logger=access_logger,

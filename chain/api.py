@@ -11,6 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from aitbc_site.direct import one_thread
 from aitbc_site.throttling import ChainSubmitThrottle
 from chain import selectors, services
 from chain.protocol.encoding import parse_strict
@@ -41,6 +42,7 @@ class StrictJSONParser(BaseParser):
         return parse_strict(body)
 
 
+@one_thread  # the whole middleware stack in one hop to the request's thread (aitbc_site.direct)
 class NodeView(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]

@@ -40,3 +40,7 @@ OUTBOX_TRACK_LIMIT = env_int("AITBC_MARKET_OUTBOX_TRACK_LIMIT", 500, minimum=1)
 TRACK_FALLBACK_S = env_int("AITBC_MARKET_TRACK_FALLBACK_S", 10, minimum=0)
 # How long a cached node status (chain id, fee, height) is reused.
 STATUS_MAX_AGE_S = 1.0
+# With nothing in flight the outbox only moves its block cursor up, to a height read at most
+# this long ago (usually read for other work, so an idle pass asks the node nothing). An older
+# height costs the next busy pass a few more blocks in the same request.
+OUTBOX_IDLE_STATUS_MAX_AGE_S = 30.0

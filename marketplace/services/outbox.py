@@ -140,12 +140,15 @@ def outbox_process(*, client: ChainClient | None = None) -> OutboxReport:
     """One pass: learn what became final, repair nonces, sign, send. Idempotent."""
     client = client or chain.get_chain_client()
     report = OutboxReport()
-    view = chain.chain_view(client, max_age=0)
+    # Read before looking for rows in flight, and usually a status read already (a busy pass,
+    # the sweep, a job): beat's idle pass every second then costs the node nothing.
+    known = chain.chain_view(client, max_age=conf.OUTBOX_IDLE_STATUS_MAX_AGE_S)
     if not OutboxTx.objects.filter(status__in=(OutboxTx.QUEUED, OutboxTx.SUBMITTED)).exists():
-        # Nothing in flight (beat's usual pass): the blocks up to this height cannot hold a row
+        # Nothing in flight (beat's usual pass): the blocks up to that height cannot hold a row
         # sent after it was read, so reading starts past them. A row queued meanwhile waits a pass.
-        OutboxCursor.objects.filter(singleton=1, height__lt=view.height).update(height=view.height)
+        OutboxCursor.objects.filter(singleton=1, height__lt=known.height).update(height=known.height)
         return report
+    view = chain.chain_view(client, max_age=0)
     key = coordinator_key()
     own_nonce = int(client.account(key.address)["nonce"])
     _track(client, own_nonce, view, report)

@@ -9,7 +9,7 @@ from chain.mempool import mempool
 from chain.models import Transaction as ChainTx
 from chain.protocol.tx import build_transaction
 from marketplace import conf
-from marketplace.models import CoordinatorAccount, Job, OutboxTx
+from marketplace.models import CoordinatorAccount, Job, OutboxCursor, OutboxTx
 from marketplace.services import outbox
 from marketplace.tests.support import MIN_FEE
 
@@ -28,6 +28,23 @@ def self_transfers(market, count: int) -> list[OutboxTx]:
                 )
             )
     return rows
+
+
+class CountingClient:
+    """The ledger's client, recording the name of each call made to the node."""
+
+    def __init__(self, ledger) -> None:
+        self.ledger = ledger
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str):
+        method = getattr(self.ledger, name)
+
+        def counted(*args, **kwargs):
+            self.calls.append(name)
+            return method(*args, **kwargs)
+
+        return counted
 
 
 def final_statuses() -> dict[str, int]:
@@ -193,3 +210,40 @@ def test_one_pay_and_one_refund_per_job(market) -> None:
             nonce=99,
             payload={"escrow": job.escrow_id},
         )
+
+
+def test_an_idle_pass_asks_the_node_nothing_while_a_recent_status_is_known(market) -> None:
+    node = CountingClient(market.ledger)
+    outbox.outbox_process(client=node)
+    assert node.calls == ["status"], "no status was known yet"
+    node.calls.clear()
+    for _ in range(3):
+        market.ledger.produce()
+        outbox.outbox_process(client=node)
+    assert node.calls == []
+
+
+def test_idle_passes_move_the_cursor_to_the_known_height_and_later_rows_are_found_in_their_blocks(
+    market, monkeypatch
+) -> None:
+    self_transfers(market, 1)
+    market.pump()
+    market.ledger.produce(2)
+    monkeypatch.setattr(conf, "OUTBOX_IDLE_STATUS_MAX_AGE_S", 0.0)
+    outbox.outbox_process(client=market.ledger)
+    known = market.ledger.status()["height"]
+    assert OutboxCursor.objects.get().height == known
+    # The known height may be old: the cursor stays there, and the next busy pass reads from it.
+    monkeypatch.setattr(conf, "OUTBOX_IDLE_STATUS_MAX_AGE_S", 3600.0)
+    market.ledger.produce(3)
+    outbox.outbox_process(client=market.ledger)
+    assert OutboxCursor.objects.get().height == known
+    [row] = self_transfers(market, 1)
+    node = CountingClient(market.ledger)
+    outbox.outbox_process(client=node)
+    market.ledger.produce()
+    report = outbox.outbox_process(client=node)
+    row.refresh_from_db()
+    assert report.committed == 1 and row.status == OutboxTx.COMMITTED
+    assert "transaction" not in node.calls, "found in its block, not asked about"
+    assert OutboxCursor.objects.get().height == market.ledger.status()["height"]
