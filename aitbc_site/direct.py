@@ -21,7 +21,6 @@ those hops, not the views, were most of what each request cost it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -113,13 +112,13 @@ class OneThreadASGIHandler(ASGIHandler):
 
     def _get_response_keeping_connection(self, request):
         response = self.get_response(request)
-        # A read keeps its thread's connection for the next request on that thread (see
+        # The request keeps its thread's connection for the next request on that thread (see
         # aitbc_site.server.ReusedRequestThreads): opening one, with its pragmas and a read of
-        # the schema, cost about as much as the read itself. A broken connection, or one left
-        # in a transaction, is still closed when the request finishes; so is a write's.
-        keep = request.method in ("GET", "HEAD")
+        # the schema, cost about as much as the request itself. A node's RPC writes nothing to
+        # the database (a submission goes to the in-memory mempool). A broken connection, or
+        # one left in a transaction, is still closed when the request finishes.
         for connection in connections.all(initialized_only=True):
-            connection.close_at = None if keep else time.monotonic()
+            connection.close_at = None
         return response
 
 
