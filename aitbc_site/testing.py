@@ -87,11 +87,13 @@ def start_in_process_node(monkeypatch) -> InProcessNode:
     return InProcessNode(client=client, keys=keys, genesis=genesis)
 
 
-async def asgi_request(method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
-    """One HTTP request through the project's real ASGI application: status, headers, body."""
+async def asgi_request(method: str, path: str, body: bytes = b"", *, app=None) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request through ``app``, by default the project's real ASGI application: status, headers, body."""
     from asgiref.testing import ApplicationCommunicator
 
     from aitbc_site.asgi import application
+
+    app = app or application
 
     scope = {
         "type": "http",
@@ -104,7 +106,7 @@ async def asgi_request(method: str, path: str, body: bytes = b"") -> tuple[int, 
         "server": ("127.0.0.1", 8000),
         "client": ("127.0.0.1", 5555),
     }
-    communicator = ApplicationCommunicator(application, scope)
+    communicator = ApplicationCommunicator(app, scope)
     await communicator.send_input({"type": "http.request", "body": body, "more_body": False})
     start = await communicator.receive_output(10)
     content = b""

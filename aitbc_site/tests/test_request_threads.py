@@ -13,35 +13,19 @@ import threading
 
 import pytest
 from asgiref.sync import SyncToAsync, async_to_sync, sync_to_async
-from asgiref.testing import ApplicationCommunicator
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.db import connections
 
 from aitbc_site.direct import ONE_THREAD, STACK, route
 from aitbc_site.server import RequestThread, ReusedRequestThreads
+from aitbc_site.testing import asgi_request
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def request(app, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, str]]:
-    scope = {
-        "type": "http",
-        "http_version": "1.1",
-        "method": method,
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
-        "server": ("127.0.0.1", 8006),
-        "client": ("127.0.0.1", 5555),
-    }
-    communicator = ApplicationCommunicator(app, scope)
-    await communicator.send_input({"type": "http.request", "body": body, "more_body": False})
-    start = await communicator.receive_output(10)
-    while (await communicator.receive_output(10)).get("more_body"):
-        pass
-    await communicator.wait(10)
-    return start["status"], {k.decode().lower(): v.decode() for k, v in start["headers"]}
+    status, headers, _content = await asgi_request(method, path, body, app=app)
+    return status, headers
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ from django.test import Client
 from chain import services
 from chain.mempool import mempool
 from chain.models import Account, Block, ChainState, Escrow, Transaction
+from chain.protocol import block as proto_block
 from chain.protocol.keys import Key
-from chain.protocol.tx import check_transaction
+from chain.protocol.tx import check_transaction, tx_id
 from chain.tests.support import Keys, LedgerState, StoredBlock, escrow_fields, replay, state_of, transfer
 
 # protocol.md's table of error codes and HTTP statuses, copied here on purpose: the
@@ -164,3 +165,22 @@ def dropped_transaction_comes_back(chain: ChainHarness) -> None:
     assert (stored.status, stored.height, stored.error_code) == (Transaction.COMMITTED, block.height, "")
     assert Transaction.objects.count() == 4
     assert stored_state() == replayed_state(chain.genesis)
+
+
+def commit_peer_block(chain: ChainHarness, txs: list[dict[str, Any]]) -> Block:
+    """The next block with ``txs``, as a peer's block with its commit reaches this node, committed."""
+    state = services.chain_state()
+    height = state.height + 1
+    header = proto_block.block_header(
+        chain_id=state.chain_id,
+        height=height,
+        prev_id=state.latest_block_id,
+        time_ms=int(state.latest_block_time.timestamp() * 1000) + 1000,
+        proposer=chain.keys.validator.address,
+        tx_ids=[tx_id(tx) for tx in txs],
+    )
+    bid = proto_block.block_id(header)
+    commit = proto_block.make_commit(
+        chain.keys.validator, chain_id=state.chain_id, height=height, round=0, block_id=bid
+    )
+    return services.block_commit(body={"header": header, "txs": txs, "evidence": []}, commit=commit)

@@ -204,9 +204,9 @@ def test_a_block_with_another_transaction_of_a_pending_sender_and_nonce_rejects_
     """Found without reading the pending queue when every block transaction is pending here: only one
     not pending here can share a sender and nonce with a pending one (admission allows one per pair)."""
     from chain import services
-    from chain.models import ChainState, Transaction
-    from chain.protocol import block as proto_block
+    from chain.models import Transaction
     from chain.protocol.tx import build_transaction, tx_id
+    from chain.tests.harness import commit_peer_block
 
     alice, bob, carol = chain.keys.funded[:3]
 
@@ -225,21 +225,8 @@ def test_a_block_with_another_transaction_of_a_pending_sender_and_nonce_rejects_
         txs=[mine, bobs], chain_id=chain.genesis["chain_id"], min_fee=chain.params["min_fee"]
     )
     assert [r.error for r in results] == [None, None]
-    state = ChainState.objects.get()
+    commit_peer_block(chain, [theirs, bobs])
     ids = [tx_id(theirs), tx_id(bobs)]
-    header = proto_block.block_header(
-        chain_id=state.chain_id,
-        height=state.height + 1,
-        prev_id=state.latest_block_id,
-        time_ms=int(state.latest_block_time.timestamp() * 1000) + 1000,
-        proposer=chain.keys.validator.address,
-        tx_ids=ids,
-    )
-    block_id = proto_block.block_id(header)
-    commit = proto_block.make_commit(
-        chain.keys.validator, chain_id=state.chain_id, height=header["height"], round=0, block_id=block_id
-    )
-    services.block_commit(body={"header": header, "txs": [theirs, bobs], "evidence": []}, commit=commit)
 
     status = dict(Transaction.objects.values_list("id", "status"))
     assert status == {ids[0]: "committed", ids[1]: "committed", tx_id(mine): "rejected"}

@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from chain.mempool import Mempool, mempool
 from chain.models import Transaction
 from chain.protocol.tx import build_transaction, check_transaction, tx_id
-from chain.tests.harness import SUBMIT, ChainHarness, assert_error
+from chain.tests.harness import SUBMIT, ChainHarness, assert_error, commit_peer_block
 from chain.tests.support import CHAIN_ID, MIN_FEE, named_key, transfer
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -118,29 +118,11 @@ def test_a_block_taking_a_nonce_drops_the_other_pending_transaction_of_that_nonc
     chain: ChainHarness, losers: int
 ) -> None:
     """The mempool's transaction of a (sender, nonce) the block used is stored rejected, and leaves."""
-    from chain import services
-    from chain.protocol import block as proto_block
-
     alice, bob = chain.keys.alice, chain.keys.bob
     mine = [transfer(alice, n, bob.address, 5) for n in range(losers)]
     chain.batch(mine)
     theirs = [transfer(alice, n, bob.address, 6) for n in range(losers)]
-    state = services.chain_state()
-    header = proto_block.block_header(
-        chain_id=state.chain_id,
-        height=state.height + 1,
-        prev_id=state.latest_block_id,
-        time_ms=int(state.latest_block_time.timestamp() * 1000) + 1000,
-        proposer=chain.keys.validator.address,
-        tx_ids=[tx_id(t) for t in theirs],
-        round=0,
-        evidence_ids=[],
-    )
-    bid = proto_block.block_id(header)
-    commit = proto_block.make_commit(
-        chain.keys.validator, chain_id=state.chain_id, height=state.height + 1, round=0, block_id=bid
-    )
-    services.block_commit(body={"header": header, "txs": theirs, "evidence": []}, commit=commit)
+    commit_peer_block(chain, theirs)
     assert not len(mempool)
     for tx in mine:
         row = Transaction.objects.get(id=tx_id(tx))
