@@ -174,6 +174,15 @@ class ReusedRequestThreads:
             else:
                 executor.shutdown(wait=False)
 
+    def close(self) -> None:
+        """Close the database connections the kept threads hold, and let the threads end."""
+        from django.db import connections
+
+        idle, self._idle = self._idle, []
+        for executor in idle:
+            executor.submit(connections.close_all).result()
+            executor.shutdown(wait=True)
+
 
 def run_server(
     *,

@@ -33,7 +33,9 @@ def served():
     """The application as ``run_server`` serves it."""
     from aitbc_site.asgi import application
 
-    return ReusedRequestThreads(application)
+    app = ReusedRequestThreads(application)
+    yield app
+    app.close()
 
 
 @pytest.fixture
