@@ -30,7 +30,6 @@ from chain.protocol.tx import Transaction as CheckedTx
 class Pending:
     tx: CheckedTx
     seq: int  # arrival order
-    spend: int
     received_at: datetime
 
 
@@ -54,13 +53,13 @@ class Mempool:
     def get(self, tx_id: str) -> Pending | None:
         return self._entries.get(tx_id)
 
-    def add(self, c: CheckedTx, *, spend: int, received_at: datetime) -> Pending:
+    def add(self, c: CheckedTx, *, received_at: datetime) -> Pending:
         with self.lock:
             self._seq += 1
-            entry = Pending(c, self._seq, spend, received_at)
+            entry = Pending(c, self._seq, received_at)
             self._entries[c.id] = entry
             self._by_sender.setdefault(c.sender, {})[c.nonce] = c.id
-            self._spend[c.sender] = self._spend.get(c.sender, 0) + spend
+            self._spend[c.sender] = self._spend.get(c.sender, 0) + c.spend
             if c.type == "escrow_pay":
                 escrow = c.payload["escrow"]
                 self._pays[escrow] = self._pays.get(escrow, 0) + c.payload["amount"]
@@ -79,7 +78,7 @@ class Mempool:
                 nonces = self._by_sender[c.sender]
                 del nonces[c.nonce]
                 if nonces:
-                    self._spend[c.sender] -= entry.spend
+                    self._spend[c.sender] -= c.spend
                 else:
                     del self._by_sender[c.sender]
                     del self._spend[c.sender]

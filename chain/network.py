@@ -101,7 +101,7 @@ DOMAIN_PROPOSAL = domain_tag("proposal")
 # A decided block's message starts with its height, so a node that has it already drops the
 # copies its other peers send without parsing megabytes (see ``ConsensusDriver._stale_block``).
 BLOCK_PREFIX = '{"type": "block", "height": '
-TX_ADMIT_BATCH = 5000  # gossiped transactions admitted in one database transaction
+TX_ADMIT_BATCH = 5000  # gossiped transactions admitted under one hold of the mempool lock
 # A txs message is relayed as it came only if no longer than its transactions could honestly
 # be (a transaction's JSON is under 1 KiB): padding must not ride on a relay to every peer.
 RELAY_CHARS_PER_TX = 1024
@@ -710,7 +710,7 @@ class ConsensusDriver:
             item = self.tx_inbox.get()
             if item is None:
                 break
-            # What queued up meanwhile is admitted together: one database transaction and one
+            # What queued up meanwhile is admitted together: one hold of the mempool lock and one
             # set of queries for many messages, whose fixed cost would otherwise dominate.
             items, count, stop = [item], _txs_len(item), False
             while count < TX_ADMIT_BATCH:

@@ -170,7 +170,7 @@ def _pending_row(entry: Pending) -> Transaction:
         nonce=c.nonce,
         fee=c.fee,
         type=c.type,
-        spend=entry.spend,
+        spend=c.spend,
         escrow=c.payload.get("escrow", ""),
         body=c.body,
         status=Transaction.PENDING,

@@ -178,8 +178,8 @@ class AdmitResult:
 def mempool_admit(*, txs: list[Any], chain_id: str, min_fee: int, verified: bool = False) -> list[AdmitResult]:
     """Admit parsed transactions to the mempool; one result per input, in order.
 
-    The stateless checks (and the signature, unless ``verified``) run before
-    the database transaction so the lock is held only for the stateful ones.
+    The stateless checks (and the signature, unless ``verified``) run before the
+    mempool lock is taken, so the lock is held only for the stateful ones.
     A transaction that fails admission leaves no record.
     """
     results: list[AdmitResult | None] = [None] * len(txs)
@@ -391,9 +391,9 @@ def _admit_checked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, Admi
 
 
 # SQLite copies its write-ahead log back into the database (a checkpoint, with an fsync)
-# in the commit that grows the log past a threshold, 1,000 pages by default: every
-# admitted batch paid one, under the write lock. Ledger writers raise it, and the block
-# producer checkpoints once per block, after its commit (``block_produce``).
+# in the commit that grows the log past a threshold, 1,000 pages by default, under the
+# write lock. The block producer raises it and checkpoints once per block, after its
+# commit (``block_produce``).
 _CHECKPOINT_PAGES = 20_000
 
 
@@ -489,7 +489,7 @@ def _admit_locked(checked: list[tuple[int, CheckedTx]]) -> list[tuple[int, Admit
         except ProtocolError as exc:
             out.append((index, AdmitResult(error=exc)))
             continue
-        mempool.add(c, spend=spend, received_at=received_at)
+        mempool.add(c, received_at=received_at)
         out.append((index, AdmitResult(id=c.id)))
     return out
 
@@ -777,36 +777,45 @@ def _store_block(
     ids = {c.id for c in included}
     losers = mempool.same_slot({(c.sender, c.nonce) for c in included}, ids)
     lost = f"another transaction with this sender and nonce was committed at height {height}"
-    dropped = [*dropped, *((p.tx, "duplicate", lost) for p in losers)]
-    seq = state.mempool_seq
+    # (transaction, status, height, code, message) of each row, in storage order.
+    decided = [
+        (c, Transaction.REJECTED, height, *results[c.id])
+        if c.id in results
+        else (c, Transaction.COMMITTED, height, "", "")
+        for c in included
+    ]
+    decided += [(c, Transaction.REJECTED, None, code, message) for c, code, message in dropped]
+    decided += [(p.tx, Transaction.REJECTED, None, "duplicate", lost) for p in losers]
     now = timezone.now()
     rows = []
-    for c in included:
+    for seq, (c, status, tx_height, code, message) in enumerate(decided, start=state.mempool_seq + 1):
         entry = mempool.get(c.id)
-        code, message = results.get(c.id, ("", ""))
-        seq += 1
+        escrow = c.payload.get("escrow", "")
+        received_at = entry.received_at if entry is not None else now
         rows.append(
             (
-                *_row_head(c, seq),
-                Transaction.REJECTED if code else Transaction.COMMITTED,
-                height,
+                c.id,
+                seq,
+                c.sender,
+                c.nonce,
+                c.fee,
+                c.type,
+                c.spend,
+                escrow,
+                c.body,
+                status,
+                tx_height,
                 code,
                 message,
-                entry.received_at if entry is not None else now,
+                received_at,
             )
-        )
-    for c, code, message in dropped:
-        entry = mempool.get(c.id)
-        seq += 1
-        rows.append(
-            (*_row_head(c, seq), Transaction.REJECTED, None, code, message, entry.received_at if entry else now)
         )
     _insert_decided(rows)
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {ChainState._meta.db_table} SET height = %s, latest_block_id = %s, latest_block_time = %s, "
             "mempool_seq = %s WHERE singleton = 1 AND height = %s",
-            [height, bid, connection.ops.adapt_datetimefield_value(moment), seq, height - 1],
+            [height, bid, connection.ops.adapt_datetimefield_value(moment), state.mempool_seq + len(rows), height - 1],
         )
         updated = cursor.rowcount
     if updated != 1:
@@ -841,10 +850,6 @@ def _insert_row(instance: Any) -> None:
         )
     instance._state.adding = False
     instance._state.db = connection.alias
-
-
-def _row_head(c: CheckedTx, seq: int) -> tuple:
-    return (c.id, seq, c.sender, c.nonce, c.fee, c.type, c.spend, c.payload.get("escrow", ""), c.body)
 
 
 def _apply_approvals(approvals: list[tuple[str, str, int, str]], height: int) -> None:

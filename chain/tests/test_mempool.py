@@ -50,7 +50,7 @@ def test_the_sums_follow_every_add_and_remove() -> None:
             else:
                 tx = transfer(key, nonce, keys[0].address, rng.randint(1, 50))
             c = checked(tx)
-            pool.add(c, spend=c.spend, received_at=NOW)
+            pool.add(c, received_at=NOW)
             present[c.id] = c
         for k in keys:
             mine = [c for c in present.values() if c.sender == k.address]
@@ -68,7 +68,7 @@ def test_a_block_copy_is_recognized_only_in_exactly_the_admitted_form() -> None:
     tx = transfer(alice, 3, bob.address, 5)
     pool = Mempool()
     c = checked(tx)
-    pool.add(c, spend=c.spend, received_at=NOW)
+    pool.add(c, received_at=NOW)
     same = dict(tx, payload=dict(tx["payload"]))
     assert pool.checked_forms([same]) == [c]
     variants = [
@@ -84,7 +84,7 @@ def test_a_block_copy_is_recognized_only_in_exactly_the_admitted_form() -> None:
     assert pool.checked_forms(variants) == [None] * len(variants)
     one = transfer(alice, 4, bob.address, 1)
     c1 = checked(one)
-    pool.add(c1, spend=c1.spend, received_at=NOW)
+    pool.add(c1, received_at=NOW)
     assert pool.checked_forms([dict(one, nonce=True)]) == [None]
 
 
